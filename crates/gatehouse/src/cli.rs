@@ -1,0 +1,257 @@
+//! The command line: `serve`, `simulate`, `bench`. Settings of `serve` come from flags, then
+//! environment variables, then the TOML file given with `--config`, then defaults.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::parser::ValueSource;
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use gatehouse_tools::{bench_acon, simulate_acon};
+
+use crate::core::{CoreConfig, UnknownPolicy};
+use crate::gateway::acon::AconLimits;
+use crate::server::Settings;
+
+/// gatehouse: a server for the devices of a venue.
+///
+/// ACon lock boards connect over raw TCP and get their cells' codes; everything they say is
+/// recorded before it is answered. The HTTP API (Bearer token) manages boards and cells.
+#[derive(Parser, Debug)]
+#[command(name = "gatehouse", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the server (embedded SQLite store under --data-dir; nothing else to install).
+    Serve(ServeArgs),
+    /// Run virtual devices against a server, for demos and tests.
+    #[command(subcommand)]
+    Simulate(SimulateCommand),
+    /// Generate load against a server and report rate and latency.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SimulateCommand {
+    /// Virtual ACon boards that keep the server's cell table as a real board does.
+    Acon(simulate_acon::SimulateAconArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Closed-loop (or paced) ACon load: messages/s and answer latency percentiles.
+    Acon(bench_acon::BenchAconArgs),
+}
+
+/// Settings of `gatehouse serve`. Each can be given as a flag, as an environment variable, or
+/// as a key of the `--config` TOML file (the flag's name, with `-` or `_`), in that order of
+/// precedence.
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// TOML file with settings, e.g. `acon_listen = "0.0.0.0:5000"`.
+    #[arg(long, env = "GATEHOUSE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Directory for the database, the admin token and the lock file.
+    #[arg(
+        long,
+        env = "GATEHOUSE_DATA_DIR",
+        default_value = "./gatehouse-data",
+        value_name = "DIR"
+    )]
+    pub data_dir: PathBuf,
+
+    /// Address the ACon boards connect to (port 0: any free port, logged at start).
+    #[arg(
+        long,
+        env = "GATEHOUSE_ACON_LISTEN",
+        default_value = "0.0.0.0:5000",
+        value_name = "HOST:PORT"
+    )]
+    pub acon_listen: String,
+
+    /// Address of the HTTP API.
+    #[arg(
+        long,
+        env = "GATEHOUSE_HTTP_LISTEN",
+        default_value = "127.0.0.1:8080",
+        value_name = "HOST:PORT"
+    )]
+    pub http_listen: String,
+
+    /// Bearer token for the HTTP API. Default: generated on first start, stored in
+    /// <data dir>/admin-token (mode 0600) and printed once.
+    #[arg(
+        long,
+        env = "GATEHOUSE_ADMIN_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub admin_token: Option<String>,
+
+    /// What to do with a device never seen before: register it, or reject it until an
+    /// operator registers it (PUT /api/devices/acon/{id}).
+    #[arg(
+        long,
+        env = "GATEHOUSE_UNKNOWN_DEVICES",
+        value_enum,
+        default_value = "register"
+    )]
+    pub unknown_devices: UnknownPolicy,
+
+    /// A device is offline after this many seconds without a message.
+    #[arg(long, env = "GATEHOUSE_PRESENCE_TIMEOUT_SECS", default_value = "300", value_name = "SECS",
+          value_parser = parse_secs)]
+    pub presence_timeout_secs: f64,
+
+    /// Digits in a generated cell code.
+    #[arg(long, env = "GATEHOUSE_CODE_LENGTH", default_value = "4", value_name = "DIGITS",
+          value_parser = clap::value_parser!(u8).range(1..=16))]
+    pub code_length: u8,
+
+    /// Largest ACon frame in bytes; a larger one closes its connection.
+    #[arg(long, env = "GATEHOUSE_ACON_MAX_FRAME", default_value = "65536", value_name = "BYTES",
+          value_parser = clap::value_parser!(u32).range(256..))]
+    pub acon_max_frame: u32,
+
+    /// Most ACon connections at once; more are accepted and closed.
+    #[arg(long, env = "GATEHOUSE_ACON_MAX_CONNECTIONS", default_value = "20000", value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub acon_max_connections: u32,
+
+    /// Close an ACon connection silent for this many seconds.
+    #[arg(long, env = "GATEHOUSE_ACON_IDLE_TIMEOUT_SECS", default_value = "600", value_name = "SECS",
+          value_parser = parse_secs)]
+    pub acon_idle_timeout_secs: f64,
+
+    /// Close an ACon connection that takes longer than this to finish a started frame or to
+    /// take its answer.
+    #[arg(long, env = "GATEHOUSE_ACON_FRAME_TIMEOUT_SECS", default_value = "30", value_name = "SECS",
+          value_parser = parse_secs)]
+    pub acon_frame_timeout_secs: f64,
+
+    /// Close an ACon connection after this many malformed frames in a row.
+    #[arg(
+        long,
+        env = "GATEHOUSE_ACON_MAX_BAD_FRAMES",
+        default_value = "10",
+        value_name = "N"
+    )]
+    pub acon_max_bad_frames: u32,
+
+    /// Log filter (tracing's EnvFilter syntax: `info`, `gatehouse=debug`, …).
+    #[arg(
+        long,
+        env = "GATEHOUSE_LOG",
+        default_value = "info",
+        value_name = "FILTER"
+    )]
+    pub log: String,
+}
+
+fn parse_secs(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() && v < 1e9 => Ok(v),
+        _ => Err(format!("{s:?} is not a positive number of seconds")),
+    }
+}
+
+fn secs(v: f64) -> Duration {
+    Duration::from_secs_f64(v)
+}
+
+impl ServeArgs {
+    pub fn settings(&self) -> Settings {
+        Settings {
+            data_dir: self.data_dir.clone(),
+            acon_listen: self.acon_listen.clone(),
+            http_listen: self.http_listen.clone(),
+            admin_token: self.admin_token.clone(),
+            core: CoreConfig {
+                unknown_devices: self.unknown_devices,
+                presence_timeout_ms: (self.presence_timeout_secs * 1000.0) as i64,
+                code_length: usize::from(self.code_length),
+            },
+            acon: AconLimits {
+                max_frame: self.acon_max_frame as usize,
+                max_connections: self.acon_max_connections as usize,
+                idle_timeout: secs(self.acon_idle_timeout_secs),
+                frame_timeout: secs(self.acon_frame_timeout_secs),
+                max_bad_frames: self.acon_max_bad_frames,
+            },
+        }
+    }
+}
+
+/// Parses the command line, filling `serve`'s unset settings from its `--config` file.
+pub fn parse(args: Vec<OsString>) -> anyhow::Result<Cli> {
+    let cmd = Cli::command();
+    let matches = cmd
+        .clone()
+        .try_get_matches_from(&args)
+        .unwrap_or_else(|e| e.exit());
+    let Some(("serve", serve)) = matches.subcommand() else {
+        return Ok(Cli::from_arg_matches(&matches)?);
+    };
+    let Some(path) = serve.get_one::<PathBuf>("config") else {
+        return Ok(Cli::from_arg_matches(&matches)?);
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the config file {} (--config)", path.display()))?;
+    let table: toml::Table = toml::from_str(&text)
+        .with_context(|| format!("config file {} is not valid TOML", path.display()))?;
+    let serve_cmd = cmd.find_subcommand("serve").context("serve subcommand")?;
+    let mut injected: Vec<OsString> = Vec::new();
+    for (key, value) in &table {
+        let long = key.replace('_', "-");
+        let Some(arg) = serve_cmd
+            .get_arguments()
+            .find(|a| a.get_long() == Some(long.as_str()) && long != "config")
+        else {
+            let known: Vec<String> = serve_cmd
+                .get_arguments()
+                .filter_map(|a| a.get_long())
+                .filter(|l| *l != "config" && *l != "help")
+                .map(|l| l.replace('-', "_"))
+                .collect();
+            bail!(
+                "{}: unknown setting {key:?}; known settings: {}",
+                path.display(),
+                known.join(", ")
+            );
+        };
+        let from_default = matches!(
+            serve.value_source(arg.get_id().as_str()),
+            None | Some(ValueSource::DefaultValue)
+        );
+        if !from_default {
+            continue; // a flag or an environment variable wins
+        }
+        let value = match value {
+            toml::Value::String(s) => s.clone(),
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            other => bail!(
+                "{}: setting {key:?} must be a string or a number, not {}",
+                path.display(),
+                other.type_str()
+            ),
+        };
+        injected.push(format!("--{long}={value}").into());
+    }
+    let serve_at = args.iter().position(|a| a == "serve").unwrap_or(1);
+    let mut argv: Vec<OsString> = args[..=serve_at].to_vec();
+    argv.extend(injected);
+    argv.extend_from_slice(&args[serve_at + 1..]);
+    let matches = Cli::command()
+        .try_get_matches_from(&argv)
+        .map_err(|e| anyhow::anyhow!("in the config file {}: {}", path.display(), e.render()))?;
+    Ok(Cli::from_arg_matches(&matches)?)
+}

@@ -1,0 +1,205 @@
+//! The ACon TCP listener: one task per connection, "decode what is buffered, else read more".
+//!
+//! Invariants:
+//! - Frames of one connection are answered in order, each after its record is durable.
+//! - A bad frame costs that frame only (an error event, no answer); the connection closes on
+//!   an oversized frame, too many bad frames in a row, an idle or slow peer, or shutdown.
+//! - At most `max_connections` connections; one more is accepted and closed at once.
+//! - On shutdown, frames already received are answered before the connection closes.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use acon::{Decoder, DecoderError, Message};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tracing::{debug, info, warn};
+
+use crate::clock::now_ms;
+use crate::core::{AconOutcome, Hub};
+
+/// Limits of the listener.
+#[derive(Debug, Clone)]
+pub struct AconLimits {
+    pub max_frame: usize,
+    pub max_connections: usize,
+    /// Close a connection that sends nothing for this long.
+    pub idle_timeout: Duration,
+    /// Close a connection that takes longer than this to finish a started frame, or to take
+    /// an answer.
+    pub frame_timeout: Duration,
+    /// Close a connection after this many malformed frames in a row.
+    pub max_bad_frames: u32,
+}
+
+/// Accepts connections until `shutdown` turns true, then waits for the open ones to finish
+/// what they have received.
+pub async fn serve(
+    listener: TcpListener,
+    hub: Arc<Hub>,
+    limits: AconLimits,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let limits = Arc::new(limits);
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = shutdown.wait_for(|&s| s) => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(c) => {
+                backoff = Duration::from_millis(5);
+                c
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: wait, then try again.
+                warn!(error = %e, "accept failed; retrying in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            warn!(%peer, max = limits.max_connections, "connection refused: too many connections");
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let (hub, limits, shutdown) = (hub.clone(), limits.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let reason = connection(stream, peer, &hub, &limits, shutdown).await;
+            debug!(%peer, reason, "connection closed");
+            drop(permit);
+        });
+    }
+    drop(listener);
+    // Every connection holds a slot: holding them all means every connection is done.
+    let total = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    let _ = slots.acquire_many(total).await;
+}
+
+/// Serves one connection; returns why it ended.
+async fn connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    hub: &Hub,
+    limits: &AconLimits,
+    mut shutdown: watch::Receiver<bool>,
+) -> &'static str {
+    let peer_s = peer.to_string();
+    let mut decoder = Decoder::new(limits.max_frame);
+    let mut out = Vec::new();
+    let mut bad_in_row = 0u32;
+    let mut pending: Vec<(crate::store::Commit, acon::Answer)> = Vec::new();
+    loop {
+        // Everything already buffered: decode, record, queue the answers.
+        let mut malformed = Vec::new();
+        while let Some(item) = decoder.next_frame() {
+            let now = now_ms();
+            match item {
+                Ok(frame) => match Message::parse(&frame.bytes) {
+                    Ok(msg) => {
+                        bad_in_row = 0;
+                        match hub.acon_message(&frame.bytes, &msg, &peer_s, now) {
+                            AconOutcome::Answer(commit, answer) => pending.push((commit, answer)),
+                            AconOutcome::Rejected(commit) => {
+                                let _ = commit.wait().await;
+                                info!(peer = %peer_s, device = %msg.id, "unknown board refused (policy reject)");
+                                return "unknown board refused";
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        bad_in_row += 1;
+                        warn!(peer = %peer_s, error = %e, "malformed ACon frame");
+                        malformed.push(hub.acon_malformed(
+                            &frame.bytes,
+                            &e.to_string(),
+                            &peer_s,
+                            now,
+                        ));
+                    }
+                },
+                Err(DecoderError::Unterminated { bytes }) => {
+                    bad_in_row += 1;
+                    let reason = DecoderError::Unterminated { bytes: Vec::new() }.to_string();
+                    warn!(peer = %peer_s, "ACon frame without CLOSE");
+                    malformed.push(hub.acon_malformed(&bytes, &reason, &peer_s, now));
+                }
+                Err(e @ DecoderError::TooLarge { .. }) => {
+                    warn!(peer = %peer_s, error = %e, "closing connection");
+                    let c = hub.acon_malformed(b"", &e.to_string(), &peer_s, now);
+                    let _ = c.wait().await;
+                    return "frame too large";
+                }
+            }
+            if bad_in_row > limits.max_bad_frames {
+                break;
+            }
+        }
+        // Answer in order, each once durable.
+        for (commit, answer) in pending.drain(..) {
+            if let Err(e) = commit.wait().await {
+                warn!(peer = %peer_s, device = %answer.id, send = answer.send, error = %e,
+                    "message not recorded; no answer");
+                return "store failure";
+            }
+            answer.encode(&mut out);
+        }
+        for c in malformed {
+            let _ = c.wait().await;
+        }
+        if !out.is_empty() {
+            match tokio::time::timeout(limits.frame_timeout, stream.write_all(&out)).await {
+                Ok(Ok(())) => out.clear(),
+                Ok(Err(_)) => return "write failed",
+                Err(_) => return "peer too slow to take answers",
+            }
+        }
+        if bad_in_row > limits.max_bad_frames {
+            warn!(peer = %peer_s, limit = limits.max_bad_frames, "too many malformed frames in a row; closing");
+            return "too many malformed frames";
+        }
+        if *shutdown.borrow() {
+            return "shutdown";
+        }
+        // Read more.
+        let wait = if decoder.in_frame() {
+            limits.frame_timeout
+        } else {
+            limits.idle_timeout
+        };
+        let buf = decoder.buffer_mut();
+        if buf.capacity() - buf.len() < 512 {
+            buf.reserve(2048);
+        }
+        let read = tokio::select! {
+            r = tokio::time::timeout(wait, stream.read_buf(buf)) => r,
+            _ = shutdown.wait_for(|&s| s) => return "shutdown",
+        };
+        match read {
+            Ok(Ok(0)) => return "closed by peer",
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => return "read failed",
+            Err(_) => {
+                let in_frame = decoder.in_frame();
+                info!(peer = %peer_s, in_frame, "connection timed out");
+                return if in_frame {
+                    "frame not finished in time"
+                } else {
+                    "idle"
+                };
+            }
+        }
+        if decoder.pending() == 0 {
+            let buf = decoder.buffer_mut();
+            if buf.capacity() > 16 * 1024 {
+                buf.shrink_to(4096);
+            }
+        }
+    }
+}

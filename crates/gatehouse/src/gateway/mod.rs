@@ -1,0 +1,4 @@
+//! The gateways: where devices connect. Each owns its sockets and hands typed messages to
+//! the core; none holds device state of its own.
+
+pub mod acon;

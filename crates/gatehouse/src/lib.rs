@@ -1,0 +1,9 @@
+//! gatehouse: a server for the devices of a venue. See ARCHITECTURE.md for the map.
+
+pub mod cli;
+pub mod clock;
+pub mod core;
+pub mod gateway;
+pub mod http;
+pub mod server;
+pub mod store;

@@ -1,0 +1,84 @@
+//! The `gatehouse` binary: parses the command line and runs the chosen command.
+
+use std::process::ExitCode;
+
+use gatehouse::cli::{self, BenchCommand, Command, SimulateCommand};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = match cli::parse(std::env::args_os().collect()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("gatehouse: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let filter = match &cli.command {
+        Command::Serve(a) => a.log.clone(),
+        _ => "warn".to_string(),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+    // Thousands of boards each hold a socket.
+    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+        tracing::warn!(error = %e, "cannot raise the open-files limit");
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("gatehouse: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve(args).await,
+            Command::Simulate(SimulateCommand::Acon(args)) => {
+                gatehouse_tools::simulate_acon::run(args).await
+            }
+            Command::Bench(BenchCommand::Acon(args)) => {
+                gatehouse_tools::bench_acon::run(args).await
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gatehouse: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: cli::ServeArgs) -> anyhow::Result<()> {
+    let running = gatehouse::server::start(args.settings()).await?;
+    wait_for_signal().await;
+    running.shutdown().await
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+                    _ = term.recv() => tracing::info!("SIGTERM received"),
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

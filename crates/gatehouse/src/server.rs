@@ -1,0 +1,226 @@
+//! Start-up and shutdown of `gatehouse serve`: open the store, load the core, bind the
+//! listeners, run until told to stop, then stop in order (listeners, in-flight answers, store).
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::clock::now_ms;
+use crate::core::{CoreConfig, Hub};
+use crate::gateway::acon::AconLimits;
+use crate::http::{AppState, app};
+use crate::store::Store;
+use crate::store::sqlite::SqliteStore;
+
+/// Everything `serve` needs, resolved from flags, environment and config file.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub data_dir: PathBuf,
+    pub acon_listen: String,
+    pub http_listen: String,
+    pub admin_token: Option<String>,
+    pub core: CoreConfig,
+    pub acon: AconLimits,
+}
+
+/// A running server.
+pub struct Running {
+    pub acon_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub admin_token: String,
+    pub hub: Arc<Hub>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    store: Arc<dyn Store>,
+    _lock: std::fs::File,
+}
+
+impl Running {
+    /// Graceful stop: no new connections, answer what has been received, flush the store.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        info!("shutting down: no new connections; answering what is in flight");
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        self.store.close().await.context("flushing the store")?;
+        info!("store flushed; stopped");
+        Ok(())
+    }
+}
+
+/// Opens everything and starts serving. Returns once the listeners are bound.
+pub async fn start(s: Settings) -> anyhow::Result<Running> {
+    std::fs::create_dir_all(&s.data_dir).with_context(|| {
+        format!(
+            "cannot create the data directory {} (--data-dir / GATEHOUSE_DATA_DIR)",
+            s.data_dir.display()
+        )
+    })?;
+    let lock = lock_data_dir(&s.data_dir)?;
+    let admin_token = match &s.admin_token {
+        Some(t) if t.trim().is_empty() => bail!("--admin-token / GATEHOUSE_ADMIN_TOKEN is empty"),
+        Some(t) => t.trim().to_string(),
+        None => admin_token_from_file(&s.data_dir)?,
+    };
+    let db = s.data_dir.join("gatehouse.db");
+    let store: Arc<dyn Store> = Arc::new(
+        SqliteStore::open(&db).with_context(|| format!("opening the store {}", db.display()))?,
+    );
+    let hub = Arc::new(
+        Hub::load(store.clone(), s.core.clone())
+            .await
+            .context("loading devices")?,
+    );
+
+    let acon_listener = bind_tcp(&s.acon_listen, "--acon-listen / GATEHOUSE_ACON_LISTEN").await?;
+    let http_listener = bind_tcp(&s.http_listen, "--http-listen / GATEHOUSE_HTTP_LISTEN").await?;
+    let acon_addr = acon_listener.local_addr()?;
+    let http_addr = http_listener.local_addr()?;
+    info!(%acon_addr, "ACon listener ready");
+    info!(%http_addr, "HTTP API ready");
+    info!(data_dir = %s.data_dir.display(), devices = hub.list(None).len(), "store open");
+
+    let (shutdown, rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(crate::gateway::acon::serve(
+        acon_listener,
+        hub.clone(),
+        s.acon.clone(),
+        rx.clone(),
+    )));
+    let state = AppState {
+        hub: hub.clone(),
+        admin_token: admin_token.clone().into(),
+    };
+    let mut http_rx = rx.clone();
+    tasks.push(tokio::spawn(async move {
+        let r = axum::serve(http_listener, app(state))
+            .with_graceful_shutdown(async move {
+                let _ = http_rx.wait_for(|&s| s).await;
+            })
+            .await;
+        if let Err(e) = r {
+            warn!(error = %e, "HTTP server stopped with an error");
+        }
+    }));
+    tasks.push(tokio::spawn(presence_sweeper(hub.clone(), rx)));
+    Ok(Running {
+        acon_addr,
+        http_addr,
+        admin_token,
+        hub,
+        shutdown,
+        tasks,
+        store,
+        _lock: lock,
+    })
+}
+
+/// Marks silent devices offline, a few times per timeout.
+async fn presence_sweeper(hub: Arc<Hub>, mut shutdown: watch::Receiver<bool>) {
+    let timeout = hub.config().presence_timeout_ms.max(100);
+    let every = Duration::from_millis(u64::try_from(timeout / 5).unwrap_or(1000).clamp(50, 5000));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.wait_for(|&s| s) => return,
+        }
+        match hub.sweep_presence(now_ms()).await {
+            Ok(0) => {}
+            Ok(n) => info!(devices = n, "devices went offline"),
+            Err(e) => warn!(error = %e, "presence sweep not recorded"),
+        }
+    }
+}
+
+/// One gatehouse per data directory: a second one would answer from a stale table.
+fn lock_data_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
+    let path = dir.join("lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "another gatehouse is already using the data directory {}; stop it or pass another --data-dir",
+            dir.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("cannot lock {}", path.display()))
+        }
+    }
+}
+
+/// The admin token from `<data dir>/admin-token`, generated (and printed once) on first start.
+fn admin_token_from_file(dir: &Path) -> anyhow::Result<String> {
+    let path = dir.join("admin-token");
+    match std::fs::read_to_string(&path) {
+        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("cannot read the admin token {}", path.display()));
+        }
+    }
+    let bytes: [u8; 24] = rand::random();
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts
+        .open(&path)
+        .with_context(|| format!("cannot write the admin token {}", path.display()))?;
+    f.write_all(format!("{token}\n").as_bytes())?;
+    f.sync_all()?;
+    // Printed once, on the start that created it; afterwards it is only in the file.
+    eprintln!(
+        "\n  gatehouse: generated the admin token (stored in {}, readable only by you):\n\n    {token}\n\n  Use it as: Authorization: Bearer {token}\n",
+        path.display()
+    );
+    Ok(token)
+}
+
+/// Binds a listener, with an error that names the setting when the address is taken.
+async fn bind_tcp(addr: &str, setting: &str) -> anyhow::Result<TcpListener> {
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(addr)
+        .await
+        .with_context(|| format!("{setting}: cannot resolve {addr:?} (expected HOST:PORT)"))?
+        .collect();
+    let Some(&sa) = addrs.first() else {
+        bail!("{setting}: {addr:?} resolves to no address");
+    };
+    let socket = if sa.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    if let Err(e) = socket.bind(sa) {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            bail!(
+                "{setting}: {sa} is already in use by another program; choose another address with {setting}"
+            );
+        }
+        return Err(e).with_context(|| format!("{setting}: cannot listen on {sa}"));
+    }
+    // A deep backlog: thousands of boards reconnect at once after an outage.
+    socket
+        .listen(4096)
+        .with_context(|| format!("{setting}: cannot listen on {sa}"))
+}

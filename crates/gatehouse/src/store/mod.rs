@@ -1,0 +1,142 @@
+//! The store: everything gatehouse must not lose.
+//!
+//! The core talks to a [`Store`] and never to a database directly. Writes are submitted as
+//! one unit per inbound message or operator action ([`Store::submit`]) and applied by a single
+//! writer in batches (group commit: many units per transaction, one fsync per batch); a unit
+//! is acknowledged only once its transaction is durable. Reads of history (messages, events)
+//! go to the store; the live device table is kept in memory by the core and loaded from the
+//! store at start-up.
+//!
+//! Backends: SQLite ([`sqlite::SqliteStore`], the default, one file under the data directory).
+//! PostgreSQL follows behind the same trait.
+
+pub mod sqlite;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use thiserror::Error;
+use tokio::sync::oneshot;
+
+/// A store failure, with enough context for an operator to act.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(String),
+    #[error("the store is shut down")]
+    Closed,
+    #[error("stored record is corrupt: {0}")]
+    Corrupt(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = StoreResult<T>> + Send + 'a>>;
+
+/// A device, as persisted: identity, presence, desired config and reported state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceRecord {
+    pub kind: String,
+    pub id: String,
+    pub protocol: String,
+    pub name: String,
+    pub notes: String,
+    pub first_seen: i64,
+    pub last_seen: Option<i64>,
+    pub online: bool,
+    pub presence_changed_at: i64,
+    pub desired_version: i64,
+    /// JSON document; its shape belongs to the protocol's part of the core.
+    pub desired: String,
+    /// JSON document; its shape belongs to the protocol's part of the core.
+    pub reported: String,
+}
+
+/// One inbound message with the answer it got.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MessageRecord {
+    /// `<kind>/<id>`.
+    pub device: String,
+    pub at: i64,
+    pub send: Option<i64>,
+    pub peer: String,
+    pub raw: String,
+    /// The parsed message, JSON.
+    pub parsed: String,
+    /// The answer sent, as on the wire (empty if none).
+    pub answer: String,
+}
+
+/// One entry of the append-only event log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventRecord {
+    pub at: i64,
+    /// `<kind>/<id>`, if the event concerns a device.
+    pub device: Option<String>,
+    pub kind: String,
+    /// Who caused it: `device`, `server`, or the operator (`admin`).
+    pub actor: String,
+    /// JSON object with the event's details.
+    pub data: String,
+}
+
+/// One write of a unit.
+#[derive(Debug, Clone)]
+pub enum Write {
+    Device(DeviceRecord),
+    Message(MessageRecord),
+    Event(EventRecord),
+}
+
+/// A stored message, read back.
+#[derive(Debug, Clone)]
+pub struct StoredMessage {
+    pub seq: i64,
+    pub record: MessageRecord,
+}
+
+/// A stored event, read back.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    pub seq: i64,
+    pub record: EventRecord,
+}
+
+/// Which events to read: newest first.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    pub device: Option<String>,
+    pub kind: Option<String>,
+    pub limit: u32,
+}
+
+/// Resolves when a submitted unit is durable (or failed).
+pub struct Commit(oneshot::Receiver<StoreResult<()>>);
+
+impl Commit {
+    pub fn new(rx: oneshot::Receiver<StoreResult<()>>) -> Self {
+        Commit(rx)
+    }
+
+    pub async fn wait(self) -> StoreResult<()> {
+        self.0.await.unwrap_or(Err(StoreError::Closed))
+    }
+}
+
+/// The store as the core sees it.
+pub trait Store: Send + Sync + 'static {
+    /// Queues a unit of writes. Units are applied in the order they are submitted; the
+    /// returned [`Commit`] resolves once the unit is durable. Never blocks.
+    fn submit(&self, writes: Vec<Write>) -> Commit;
+
+    /// Every device, for the core's table at start-up.
+    fn load_devices(&self) -> StoreFuture<'_, Vec<DeviceRecord>>;
+
+    /// The newest `limit` messages of a device, newest first.
+    fn messages(&self, device: String, limit: u32) -> StoreFuture<'_, Vec<StoredMessage>>;
+
+    /// Events matching the filter, newest first.
+    fn events(&self, filter: EventFilter) -> StoreFuture<'_, Vec<StoredEvent>>;
+
+    /// Applies everything submitted so far and closes. Later submits fail with `Closed`.
+    fn close(&self) -> StoreFuture<'_, ()>;
+}
