@@ -1,0 +1,7 @@
+//! Integration tests: the server over real TCP sockets, a real SQLite file, real HTTP.
+
+mod api;
+mod common;
+mod config;
+mod durability;
+mod vectors;
