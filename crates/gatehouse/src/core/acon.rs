@@ -54,8 +54,12 @@ pub struct Desired {
 /// What the board last told us, plus what the server derived from it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Reported {
-    /// The latest well-formed message.
+    /// The latest well-formed message. Not in the device row: it is the device's newest row
+    /// of the messages table, restored from there at start-up.
+    #[serde(skip)]
     pub message: Option<Message>,
+    /// The peer of the latest message (restored like `message`).
+    #[serde(skip)]
     pub peer: Option<String>,
     /// When each cell was last counted as opened (Unix ms).
     #[serde(default)]
@@ -137,6 +141,9 @@ impl BoardState {
 
     /// Applies a well-formed message from the board: updates the reported state, ends what
     /// the message ends, and returns the events it caused. Call [`BoardState::answer`] after.
+    ///
+    /// Invariant: every change besides `reported.message` and `reported.peer` comes with at
+    /// least one event, so the core persists the device row exactly when events are returned.
     pub fn on_message(&mut self, msg: &Message, peer: &str, now: i64) -> Vec<RuleEvent> {
         let mut events = Vec::new();
         let prev = self.reported.message.take();

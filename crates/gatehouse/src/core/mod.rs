@@ -171,12 +171,22 @@ impl Hub {
     /// Builds the table from the store.
     pub async fn load(store: Arc<dyn Store>, cfg: CoreConfig) -> Result<Hub, StoreError> {
         let mut devices = HashMap::new();
-        for r in store.load_devices().await? {
+        for loaded in store.load_devices().await? {
+            let r = loaded.record;
             let key = format!("{}/{}", r.kind, r.id);
             let desired = serde_json::from_str(&r.desired)
                 .map_err(|e| StoreError::Corrupt(format!("desired config of {key}: {e}")))?;
-            let reported = serde_json::from_str(&r.reported)
+            let mut reported: acon::Reported = serde_json::from_str(&r.reported)
                 .map_err(|e| StoreError::Corrupt(format!("reported state of {key}: {e}")))?;
+            let mut last_seen = r.last_seen;
+            if let Some(m) = loaded.last_message {
+                reported.message =
+                    Some(serde_json::from_str(&m.parsed).map_err(|e| {
+                        StoreError::Corrupt(format!("latest message of {key}: {e}"))
+                    })?);
+                reported.peer = Some(m.peer);
+                last_seen = last_seen.max(Some(m.at));
+            }
             devices.insert(
                 key,
                 Device {
@@ -185,7 +195,7 @@ impl Hub {
                     name: r.name,
                     notes: r.notes,
                     first_seen: r.first_seen,
-                    last_seen: r.last_seen,
+                    last_seen,
                     online: r.online,
                     presence_changed_at: r.presence_changed_at,
                     board: BoardState {
@@ -269,7 +279,12 @@ impl Hub {
         let answer = dev.board.answer(msg, now);
         let mut answer_bytes = Vec::with_capacity(128);
         answer.encode(&mut answer_bytes);
-        unit.writes.push(Write::Device(dev.record()));
+        // Every change to the device row comes with an event (see core/acon.rs); a message
+        // that changes nothing else is recorded by its message row alone, which also carries
+        // the latest message and last-seen time the row leaves out.
+        if !unit.writes.is_empty() {
+            unit.writes.push(Write::Device(dev.record()));
+        }
         unit.writes.push(Write::Message(MessageRecord {
             device: key,
             at: now,

@@ -51,6 +51,13 @@ pub struct DeviceRecord {
     pub reported: String,
 }
 
+/// A device as loaded at start-up: its row and its newest message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadedDevice {
+    pub record: DeviceRecord,
+    pub last_message: Option<MessageRecord>,
+}
+
 /// One inbound message with the answer it got.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MessageRecord {
@@ -128,8 +135,8 @@ pub trait Store: Send + Sync + 'static {
     /// returned [`Commit`] resolves once the unit is durable. Never blocks.
     fn submit(&self, writes: Vec<Write>) -> Commit;
 
-    /// Every device, for the core's table at start-up.
-    fn load_devices(&self) -> StoreFuture<'_, Vec<DeviceRecord>>;
+    /// Every device with its newest message, for the core's table at start-up.
+    fn load_devices(&self) -> StoreFuture<'_, Vec<LoadedDevice>>;
 
     /// The newest `limit` messages of a device, newest first.
     fn messages(&self, device: String, limit: u32) -> StoreFuture<'_, Vec<StoredMessage>>;

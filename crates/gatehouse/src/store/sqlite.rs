@@ -13,8 +13,8 @@ use rusqlite::{Connection, OpenFlags, params};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Commit, DeviceRecord, EventFilter, EventRecord, MessageRecord, Store, StoreError, StoreFuture,
-    StoreResult, StoredEvent, StoredMessage, Write,
+    Commit, DeviceRecord, EventFilter, EventRecord, LoadedDevice, MessageRecord, Store, StoreError,
+    StoreFuture, StoreResult, StoredEvent, StoredMessage, Write,
 };
 
 /// Most units in one transaction; more wait for the next one.
@@ -276,18 +276,35 @@ impl Store for SqliteStore {
         Commit::new(rx)
     }
 
-    fn load_devices(&self) -> StoreFuture<'_, Vec<DeviceRecord>> {
+    fn load_devices(&self) -> StoreFuture<'_, Vec<LoadedDevice>> {
         Box::pin(self.read(|conn| {
             let mut stmt = conn
                 .prepare(
-                    "SELECT kind, id, protocol, name, notes, first_seen, last_seen, online,
-                        presence_changed_at, desired_version, desired, reported
-                     FROM devices ORDER BY kind, id",
+                    "SELECT d.kind, d.id, d.protocol, d.name, d.notes, d.first_seen, d.last_seen,
+                        d.online, d.presence_changed_at, d.desired_version, d.desired, d.reported,
+                        m.device, m.at, m.send, m.peer, m.raw, m.parsed, m.answer
+                     FROM devices d
+                     LEFT JOIN messages m ON m.seq =
+                        (SELECT max(seq) FROM messages WHERE device = d.kind || '/' || d.id)
+                     ORDER BY d.kind, d.id",
                 )
                 .map_err(db_err)?;
             let rows = stmt
                 .query_map([], |r| {
-                    Ok(DeviceRecord {
+                    let device: Option<String> = r.get(12)?;
+                    let last_message = match device {
+                        Some(device) => Some(MessageRecord {
+                            device,
+                            at: r.get(13)?,
+                            send: r.get(14)?,
+                            peer: r.get(15)?,
+                            raw: r.get(16)?,
+                            parsed: r.get(17)?,
+                            answer: r.get(18)?,
+                        }),
+                        None => None,
+                    };
+                    let record = DeviceRecord {
                         kind: r.get(0)?,
                         id: r.get(1)?,
                         protocol: r.get(2)?,
@@ -300,6 +317,10 @@ impl Store for SqliteStore {
                         desired_version: r.get(9)?,
                         desired: r.get(10)?,
                         reported: r.get(11)?,
+                    };
+                    Ok(LoadedDevice {
+                        record,
+                        last_message,
                     })
                 })
                 .map_err(db_err)?;

@@ -112,7 +112,7 @@ async fn answered_messages_and_assigned_codes_survive_kill_9() {
             assert_eq!(board.answer().await.send, send);
         }
     }
-    let a = b.exchange(&msg("1953", 141349, "")).await;
+    let a = b.exchange(&msg("1953", 141349, "BOX_ACC=5\n")).await;
     assert_eq!(a.send, 141349);
     p.child.kill().unwrap(); // SIGKILL
     p.child.wait().unwrap();
@@ -145,8 +145,22 @@ async fn answered_messages_and_assigned_codes_survive_kill_9() {
         );
         assert_eq!(v[0]["send"], 50);
     }
+    let (_, v) = api(p.http, Method::GET, "/api/devices/acon/1953", None).await;
+    assert_eq!(
+        v["reported"]["last_send"], 141349,
+        "latest message restored: {v}"
+    );
     let mut b = Board::connect(p.acon).await;
-    let a = b.exchange(&msg("1953", 141350, "")).await;
+    // The board retries with SEND+1 and the same BOX_ACC: still one opening across the restart.
+    let a = b.exchange(&msg("1953", 141350, "BOX_ACC=5\n")).await;
+    let (_, opened) = api(
+        p.http,
+        Method::GET,
+        "/api/events?device=acon/1953&kind=cell_opened",
+        None,
+    )
+    .await;
+    assert_eq!(opened.as_array().unwrap().len(), 1, "{opened}");
     assert_eq!(a.cells.len(), 1);
     assert_eq!(
         (a.cells[0].cell, a.cells[0].code.as_str()),
