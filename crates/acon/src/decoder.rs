@@ -10,11 +10,11 @@ use thiserror::Error;
 /// Default cap on one frame (header to CLOSE) and on one line of noise: 64 KiB.
 pub const DEFAULT_MAX_FRAME: usize = 64 * 1024;
 
-/// One complete frame, exactly as received: the header line through the word `CLOSE`.
+/// One complete frame, exactly as received from `ACon_` through `CLOSE`.
 ///
-/// The line ending after `CLOSE` (and any white space between the two) is not part of the
-/// frame: a board may send its final `CLOSE` without one, and the same bytes must give the same
-/// frame however TCP happens to split them.
+/// White space before the header and after `CLOSE` (including the CLOSE line's ending) is not
+/// part of the frame: a board may send its final `CLOSE` without a line end, and the same bytes
+/// must give the same frame however TCP happens to split them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
     pub bytes: Vec<u8>,
@@ -125,6 +125,12 @@ impl Decoder {
             return None;
         }
         loop {
+            if self.frame_start.is_none() {
+                // Outside a frame only where a line's text starts matters: white space (blank
+                // lines, the line end after a bare CLOSE) is dropped as it arrives, so it never
+                // counts against the limit and a frame starts at its `ACon_`.
+                self.line_start += leading_space(&self.buf[self.line_start..]);
+            }
             let from = self.scanned.max(self.line_start);
             let Some(nl) = self.buf[from..].iter().position(|&b| b == b'\n') else {
                 self.scanned = self.buf.len();
@@ -152,7 +158,7 @@ impl Decoder {
                     }
                     if line.starts_with(b"ACon_") {
                         let bytes = self.buf[start..self.line_start].to_vec();
-                        self.frame_start = Some(self.line_start);
+                        self.frame_start = Some(self.line_start + leading_space(raw));
                         self.line_start = line_end;
                         return Some(Err(DecoderError::Unterminated { bytes }));
                     }
@@ -232,6 +238,11 @@ fn bare_close(line: &[u8], old: usize) -> Option<usize> {
     }
     let before = line[..content_end].strip_suffix(b"CLOSE")?;
     (trailing_space(before) == before.len()).then_some(content_end)
+}
+
+/// Number of ASCII white-space bytes at the start of `s`.
+fn leading_space(s: &[u8]) -> usize {
+    s.iter().take_while(|b| b.is_ascii_whitespace()).count()
 }
 
 /// Number of ASCII white-space bytes at the end of `s`.
