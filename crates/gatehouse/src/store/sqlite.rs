@@ -4,10 +4,22 @@
 //! transaction was committing and applies them in one transaction (group commit), with
 //! `synchronous=FULL` so that a commit is on disk (fsync) before any unit of it is
 //! acknowledged. Reads use a second connection, which WAL lets run beside the writer.
+//!
+//! **Messages per device without a per-device index.** An index on (device, seq) costs one
+//! dirty B-tree page per distinct device in every commit, which with hundreds of boards
+//! costs more than the messages themselves (measured: 26k vs 39k messages/s at 100
+//! connections, see docs/benchmarks.md). Instead each message row links to the device's
+//! previous message (`prev_seq`), and the writer keeps each device's newest seq (its *head*)
+//! in memory. Heads are saved to `device_heads` about once a second, in the same transaction
+//! as a batch, together with `meta.heads_upto`: the seq up to which the saved heads are
+//! complete. At start-up the saved heads are read and the few messages after `heads_upto` are
+//! scanned to bring them up to date. A device's newest messages are its head and the chain.
 
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags, params};
 use tokio::sync::{mpsc, oneshot};
@@ -19,6 +31,20 @@ use super::{
 
 /// Most units in one transaction; more wait for the next one.
 const MAX_BATCH: usize = 4096;
+
+/// A commit slower than this is logged: every answer in the batch waited for it.
+const SLOW_COMMIT: Duration = Duration::from_millis(100);
+
+/// How often the device heads are saved (see the module doc).
+const HEADS_EVERY: Duration = Duration::from_secs(1);
+
+/// Each device's newest message seq, shared by the writer (which advances it after each
+/// commit) and the readers.
+type Heads = Arc<Mutex<HashMap<String, i64>>>;
+
+fn lock_heads(heads: &Heads) -> std::sync::MutexGuard<'_, HashMap<String, i64>> {
+    heads.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 const SCHEMA: &[&str] = &[
     // version 1
@@ -45,9 +71,18 @@ const SCHEMA: &[&str] = &[
         peer TEXT NOT NULL,
         raw TEXT NOT NULL,
         parsed TEXT NOT NULL,
-        answer TEXT NOT NULL
+        answer TEXT NOT NULL,
+        prev_seq INTEGER
     );
-    CREATE INDEX messages_by_device ON messages (device, seq);
+    CREATE TABLE device_heads (
+        device TEXT PRIMARY KEY,
+        seq INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE meta (
+        key TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    INSERT INTO meta (key, value) VALUES ('heads_upto', 0);
     CREATE TABLE events (
         seq INTEGER PRIMARY KEY,
         at INTEGER NOT NULL,
@@ -73,6 +108,7 @@ enum Request {
 pub struct SqliteStore {
     tx: mpsc::UnboundedSender<Request>,
     reader: Arc<Mutex<Connection>>,
+    heads: Heads,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -88,6 +124,7 @@ impl SqliteStore {
         conn.pragma_update(None, "foreign_keys", "ON")
             .map_err(db_err)?;
         migrate(&mut conn)?;
+        let heads: Heads = Arc::new(Mutex::new(load_heads(&conn)?));
         let reader = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -97,13 +134,20 @@ impl SqliteStore {
             .busy_timeout(std::time::Duration::from_secs(5))
             .map_err(db_err)?;
         let (tx, rx) = mpsc::unbounded_channel();
+        let writer = Writer {
+            conn,
+            heads: heads.clone(),
+            dirty: lock_heads(&heads).keys().cloned().collect(),
+            last_saved: Instant::now(),
+        };
         let writer = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer_loop(conn, rx))
+            .spawn(move || writer.run(rx))
             .map_err(|e| StoreError::Db(format!("cannot start the writer thread: {e}")))?;
         Ok(SqliteStore {
             tx,
             reader: Arc::new(Mutex::new(reader)),
+            heads,
             writer: Mutex::new(Some(writer)),
         })
     }
@@ -150,31 +194,102 @@ fn migrate(conn: &mut Connection) -> StoreResult<()> {
     Ok(())
 }
 
-fn writer_loop(mut conn: Connection, mut rx: mpsc::UnboundedReceiver<Request>) {
-    let mut batch: Vec<(Vec<Write>, oneshot::Sender<StoreResult<()>>)> = Vec::new();
-    let mut close: Option<oneshot::Sender<StoreResult<()>>> = None;
-    while close.is_none() {
-        let Some(first) = rx.blocking_recv() else {
-            break;
-        };
-        let mut next = Some(first);
-        while let Some(req) = next.take() {
-            match req {
-                Request::Unit(w, done) => batch.push((w, done)),
-                Request::Close(done) => {
-                    close = Some(done);
+/// The saved heads, brought up to date with the messages written after they were saved.
+fn load_heads(conn: &Connection) -> StoreResult<HashMap<String, i64>> {
+    let mut heads = HashMap::new();
+    let mut stmt = conn
+        .prepare("SELECT device, seq FROM device_heads")
+        .map_err(db_err)?;
+    let rows = stmt
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+        .map_err(db_err)?;
+    for row in rows {
+        let (device, seq) = row.map_err(db_err)?;
+        heads.insert(device, seq);
+    }
+    let upto: i64 = conn
+        .query_row("SELECT value FROM meta WHERE key = 'heads_upto'", [], |r| {
+            r.get(0)
+        })
+        .map_err(db_err)?;
+    let mut stmt = conn
+        .prepare("SELECT device, seq FROM messages WHERE seq > ?1 ORDER BY seq")
+        .map_err(db_err)?;
+    let rows = stmt
+        .query_map([upto], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+        })
+        .map_err(db_err)?;
+    for row in rows {
+        let (device, seq) = row.map_err(db_err)?;
+        heads.insert(device, seq);
+    }
+    Ok(heads)
+}
+
+/// The writer thread's state.
+struct Writer {
+    conn: Connection,
+    heads: Heads,
+    /// Devices whose head moved since the heads were last saved.
+    dirty: HashSet<String>,
+    last_saved: Instant,
+}
+
+type Done = oneshot::Sender<StoreResult<()>>;
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::UnboundedReceiver<Request>) {
+        let mut batch: Vec<(Vec<Write>, Done)> = Vec::new();
+        let mut close: Option<Done> = None;
+        while close.is_none() {
+            let Some(first) = rx.blocking_recv() else {
+                break;
+            };
+            let mut next = Some(first);
+            while let Some(req) = next.take() {
+                match req {
+                    Request::Unit(w, done) => batch.push((w, done)),
+                    Request::Close(done) => {
+                        close = Some(done);
+                        break;
+                    }
+                }
+                if batch.len() >= MAX_BATCH {
                     break;
                 }
+                next = rx.try_recv().ok();
             }
-            if batch.len() >= MAX_BATCH {
-                break;
-            }
-            next = rx.try_recv().ok();
+            self.commit(&mut batch);
         }
+        // Close: nothing new is accepted; save the heads and flush the WAL into the main file.
+        rx.close();
+        while let Ok(req) = rx.try_recv() {
+            if let Request::Unit(w, done) = req {
+                batch.push((w, done));
+            }
+        }
+        self.commit(&mut batch);
+        let r = self
+            .apply(std::iter::empty(), true)
+            .and_then(|()| {
+                self.conn
+                    .pragma_update(None, "wal_checkpoint", "TRUNCATE")
+                    .map_err(db_err)
+            })
+            .and_then(|()| self.conn.close().map_err(|(_, e)| db_err(e)));
+        if let Some(done) = close {
+            let _ = done.send(r);
+        }
+    }
+
+    /// Applies a batch in one transaction and acknowledges every unit of it.
+    fn commit(&mut self, batch: &mut Vec<(Vec<Write>, Done)>) {
         if batch.is_empty() {
-            continue;
+            return;
         }
-        match apply(&mut conn, batch.iter().map(|(w, _)| w.as_slice())) {
+        let save_heads = self.last_saved.elapsed() >= HEADS_EVERY;
+        match self.apply(batch.iter().map(|(w, _)| w.as_slice()), save_heads) {
             Ok(()) => {
                 for (_, done) in batch.drain(..) {
                     let _ = done.send(Ok(()));
@@ -184,7 +299,7 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::UnboundedReceiver<Request>) {
                 // One bad unit must not sink the others: retry each on its own.
                 tracing::error!(error = %e, units = batch.len(), "batch commit failed; retrying units one by one");
                 for (w, done) in batch.drain(..) {
-                    let r = apply(&mut conn, std::iter::once(w.as_slice()));
+                    let r = self.apply(std::iter::once(w.as_slice()), false);
                     if let Err(e) = &r {
                         tracing::error!(error = %e, "unit not stored");
                     }
@@ -193,76 +308,161 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::UnboundedReceiver<Request>) {
             }
         }
     }
-    // Close: nothing new is accepted; flush the WAL into the main file.
-    rx.close();
-    while let Ok(req) = rx.try_recv() {
-        if let Request::Unit(w, done) = req {
-            let _ = done.send(apply(&mut conn, std::iter::once(w.as_slice())));
-        }
-    }
-    let r = conn
-        .pragma_update(None, "wal_checkpoint", "TRUNCATE")
-        .map_err(db_err)
-        .and_then(|()| conn.close().map_err(|(_, e)| db_err(e)));
-    if let Some(done) = close {
-        let _ = done.send(r);
-    }
-}
 
-fn apply<'a>(conn: &mut Connection, units: impl Iterator<Item = &'a [Write]>) -> StoreResult<()> {
-    let tx = conn.transaction().map_err(db_err)?;
-    {
-        let mut dev = tx
-            .prepare_cached(
-                "INSERT INTO devices (kind, id, protocol, name, notes, first_seen, last_seen, online,
-                    presence_changed_at, desired_version, desired, reported)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
-                 ON CONFLICT (kind, id) DO UPDATE SET protocol = excluded.protocol,
-                    name = excluded.name, notes = excluded.notes, first_seen = excluded.first_seen,
-                    last_seen = excluded.last_seen, online = excluded.online,
-                    presence_changed_at = excluded.presence_changed_at,
-                    desired_version = excluded.desired_version, desired = excluded.desired,
-                    reported = excluded.reported",
-            )
-            .map_err(db_err)?;
-        let mut msg = tx
-            .prepare_cached(
-                "INSERT INTO messages (device, at, send, peer, raw, parsed, answer)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )
-            .map_err(db_err)?;
-        let mut ev = tx
-            .prepare_cached(
-                "INSERT INTO events (at, device, kind, actor, data) VALUES (?1, ?2, ?3, ?4, ?5)",
-            )
-            .map_err(db_err)?;
-        for unit in units {
-            for w in unit {
-                match w {
-                    Write::Device(d) => dev.execute(params![
-                        d.kind,
-                        d.id,
-                        d.protocol,
-                        d.name,
-                        d.notes,
-                        d.first_seen,
-                        d.last_seen,
-                        d.online,
-                        d.presence_changed_at,
-                        d.desired_version,
-                        d.desired,
-                        d.reported
-                    ]),
-                    Write::Message(m) => msg.execute(params![
-                        m.device, m.at, m.send, m.peer, m.raw, m.parsed, m.answer
-                    ]),
-                    Write::Event(e) => ev.execute(params![e.at, e.device, e.kind, e.actor, e.data]),
+    /// One transaction: the units, and the heads when `save_heads`. The shared heads move
+    /// only once the transaction is committed.
+    fn apply<'a>(
+        &mut self,
+        units: impl Iterator<Item = &'a [Write]>,
+        save_heads: bool,
+    ) -> StoreResult<()> {
+        let mut moved: HashMap<&'a str, i64> = HashMap::new();
+        let t0 = Instant::now();
+        let tx = self.conn.transaction().map_err(db_err)?;
+        {
+            let mut dev = tx
+                .prepare_cached(
+                    "INSERT INTO devices (kind, id, protocol, name, notes, first_seen, last_seen, online,
+                        presence_changed_at, desired_version, desired, reported)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+                     ON CONFLICT (kind, id) DO UPDATE SET protocol = excluded.protocol,
+                        name = excluded.name, notes = excluded.notes, first_seen = excluded.first_seen,
+                        last_seen = excluded.last_seen, online = excluded.online,
+                        presence_changed_at = excluded.presence_changed_at,
+                        desired_version = excluded.desired_version, desired = excluded.desired,
+                        reported = excluded.reported",
+                )
+                .map_err(db_err)?;
+            let mut msg = tx
+                .prepare_cached(
+                    "INSERT INTO messages (device, at, send, peer, raw, parsed, answer, prev_seq)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )
+                .map_err(db_err)?;
+            let mut ev = tx
+                .prepare_cached(
+                    "INSERT INTO events (at, device, kind, actor, data) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .map_err(db_err)?;
+            let heads = lock_heads(&self.heads);
+            for unit in units {
+                for w in unit {
+                    match w {
+                        Write::Device(d) => dev
+                            .execute(params![
+                                d.kind,
+                                d.id,
+                                d.protocol,
+                                d.name,
+                                d.notes,
+                                d.first_seen,
+                                d.last_seen,
+                                d.online,
+                                d.presence_changed_at,
+                                d.desired_version,
+                                d.desired,
+                                d.reported
+                            ])
+                            .map(drop),
+                        Write::Message(m) => {
+                            let prev = moved
+                                .get(m.device.as_str())
+                                .or_else(|| heads.get(&m.device))
+                                .copied();
+                            msg.execute(params![
+                                m.device, m.at, m.send, m.peer, m.raw, m.parsed, m.answer, prev
+                            ])
+                            .map(|_| {
+                                moved.insert(m.device.as_str(), tx.last_insert_rowid());
+                            })
+                        }
+                        Write::Event(e) => ev
+                            .execute(params![e.at, e.device, e.kind, e.actor, e.data])
+                            .map(drop),
+                    }
+                    .map_err(db_err)?;
                 }
+            }
+            drop(heads);
+            if save_heads {
+                let mut save = tx
+                    .prepare_cached(
+                        "INSERT INTO device_heads (device, seq) VALUES (?1, ?2)
+                         ON CONFLICT (device) DO UPDATE SET seq = excluded.seq",
+                    )
+                    .map_err(db_err)?;
+                let heads = lock_heads(&self.heads);
+                let dirty = self
+                    .dirty
+                    .iter()
+                    .map(String::as_str)
+                    .chain(moved.keys().copied());
+                for device in dirty {
+                    if let Some(seq) = moved.get(device).or_else(|| heads.get(device)) {
+                        save.execute(params![device, seq]).map_err(db_err)?;
+                    }
+                }
+                drop(heads);
+                tx.execute(
+                    "UPDATE meta SET value = (SELECT coalesce(max(seq), 0) FROM messages)
+                     WHERE key = 'heads_upto'",
+                    [],
+                )
                 .map_err(db_err)?;
             }
         }
+        let t_stmts = t0.elapsed();
+        tx.commit().map_err(db_err)?;
+        let t_all = t0.elapsed();
+        if t_all > SLOW_COMMIT {
+            // Nearly always the disk: fsync stalls of 100 ms and more happen on shared VMs.
+            tracing::warn!(statements = ?t_stmts, total = ?t_all, messages = moved.len(), "slow store commit");
+        }
+        let mut heads = lock_heads(&self.heads);
+        if save_heads {
+            self.dirty.clear();
+            self.last_saved = Instant::now();
+            for (device, seq) in moved {
+                heads.insert(device.to_string(), seq);
+            }
+        } else {
+            for (device, seq) in moved {
+                match heads.get_mut(device) {
+                    Some(h) => *h = seq,
+                    None => drop(heads.insert(device.to_string(), seq)),
+                }
+                if !self.dirty.contains(device) {
+                    self.dirty.insert(device.to_string());
+                }
+            }
+        }
+        Ok(())
     }
-    tx.commit().map_err(db_err)
+}
+
+fn message_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> {
+    Ok(StoredMessage {
+        seq: r.get(0)?,
+        record: MessageRecord {
+            device: r.get(1)?,
+            at: r.get(2)?,
+            send: r.get(3)?,
+            peer: r.get(4)?,
+            raw: r.get(5)?,
+            parsed: r.get(6)?,
+            answer: r.get(7)?,
+        },
+    })
+}
+
+fn message_at(conn: &Connection, seq: i64) -> StoreResult<Option<StoredMessage>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT seq, device, at, send, peer, raw, parsed, answer FROM messages WHERE seq = ?1",
+        )
+        .map_err(db_err)?;
+    let mut rows = stmt.query_map([seq], message_row).map_err(db_err)?;
+    rows.next().transpose().map_err(db_err)
 }
 
 impl Store for SqliteStore {
@@ -277,34 +477,18 @@ impl Store for SqliteStore {
     }
 
     fn load_devices(&self) -> StoreFuture<'_, Vec<LoadedDevice>> {
-        Box::pin(self.read(|conn| {
+        let heads = self.heads.clone();
+        Box::pin(self.read(move |conn| {
             let mut stmt = conn
                 .prepare(
-                    "SELECT d.kind, d.id, d.protocol, d.name, d.notes, d.first_seen, d.last_seen,
-                        d.online, d.presence_changed_at, d.desired_version, d.desired, d.reported,
-                        m.device, m.at, m.send, m.peer, m.raw, m.parsed, m.answer
-                     FROM devices d
-                     LEFT JOIN messages m ON m.seq =
-                        (SELECT max(seq) FROM messages WHERE device = d.kind || '/' || d.id)
-                     ORDER BY d.kind, d.id",
+                    "SELECT kind, id, protocol, name, notes, first_seen, last_seen, online,
+                        presence_changed_at, desired_version, desired, reported
+                     FROM devices ORDER BY kind, id",
                 )
                 .map_err(db_err)?;
-            let rows = stmt
+            let records = stmt
                 .query_map([], |r| {
-                    let device: Option<String> = r.get(12)?;
-                    let last_message = match device {
-                        Some(device) => Some(MessageRecord {
-                            device,
-                            at: r.get(13)?,
-                            send: r.get(14)?,
-                            peer: r.get(15)?,
-                            raw: r.get(16)?,
-                            parsed: r.get(17)?,
-                            answer: r.get(18)?,
-                        }),
-                        None => None,
-                    };
-                    let record = DeviceRecord {
+                    Ok(DeviceRecord {
                         kind: r.get(0)?,
                         id: r.get(1)?,
                         protocol: r.get(2)?,
@@ -317,40 +501,50 @@ impl Store for SqliteStore {
                         desired_version: r.get(9)?,
                         desired: r.get(10)?,
                         reported: r.get(11)?,
-                    };
-                    Ok(LoadedDevice {
-                        record,
-                        last_message,
                     })
                 })
+                .map_err(db_err)?
+                .collect::<Result<Vec<_>, _>>()
                 .map_err(db_err)?;
-            rows.collect::<Result<_, _>>().map_err(db_err)
+            let heads = lock_heads(&heads).clone();
+            let mut out = Vec::with_capacity(records.len());
+            for record in records {
+                let head = heads.get(&format!("{}/{}", record.kind, record.id));
+                let last_message = match head {
+                    Some(&seq) => message_at(conn, seq)?.map(|m| m.record),
+                    None => None,
+                };
+                out.push(LoadedDevice {
+                    record,
+                    last_message,
+                });
+            }
+            Ok(out)
         }))
     }
 
     fn messages(&self, device: String, limit: u32) -> StoreFuture<'_, Vec<StoredMessage>> {
+        let head = lock_heads(&self.heads).get(&device).copied();
         Box::pin(self.read(move |conn| {
+            let Some(head) = head else {
+                return Ok(Vec::new());
+            };
+            // Walk the device's chain back from its head.
             let mut stmt = conn
                 .prepare_cached(
-                    "SELECT seq, device, at, send, peer, raw, parsed, answer FROM messages
-                     WHERE device = ?1 ORDER BY seq DESC LIMIT ?2",
+                    "WITH RECURSIVE chain(seq, n) AS (
+                        SELECT ?1, 1
+                        UNION ALL
+                        SELECT m.prev_seq, c.n + 1 FROM chain c JOIN messages m ON m.seq = c.seq
+                        WHERE m.prev_seq IS NOT NULL AND c.n < ?2
+                     )
+                     SELECT m.seq, m.device, m.at, m.send, m.peer, m.raw, m.parsed, m.answer
+                     FROM chain c JOIN messages m ON m.seq = c.seq
+                     ORDER BY m.seq DESC",
                 )
                 .map_err(db_err)?;
             let rows = stmt
-                .query_map(params![device, limit], |r| {
-                    Ok(StoredMessage {
-                        seq: r.get(0)?,
-                        record: MessageRecord {
-                            device: r.get(1)?,
-                            at: r.get(2)?,
-                            send: r.get(3)?,
-                            peer: r.get(4)?,
-                            raw: r.get(5)?,
-                            parsed: r.get(6)?,
-                            answer: r.get(7)?,
-                        },
-                    })
-                })
+                .query_map(params![head, limit], message_row)
                 .map_err(db_err)?;
             rows.collect::<Result<_, _>>().map_err(db_err)
         }))
@@ -440,5 +634,64 @@ mod tests {
             .unwrap();
         let kinds: Vec<_> = got.iter().map(|e| e.record.kind.as_str()).collect();
         assert_eq!(kinds, ["k99", "k98", "k97"]);
+    }
+
+    fn message(device: &str, send: i64) -> Write {
+        Write::Message(MessageRecord {
+            device: device.into(),
+            at: send,
+            send: Some(send),
+            peer: "p".into(),
+            raw: format!("raw {send}"),
+            parsed: "{}".into(),
+            answer: String::new(),
+        })
+    }
+
+    async fn sends(store: &SqliteStore, device: &str, limit: u32) -> Vec<i64> {
+        let got = store.messages(device.into(), limit).await.unwrap();
+        got.iter().map(|m| m.record.send.unwrap()).collect()
+    }
+
+    #[tokio::test]
+    async fn a_devices_messages_come_newest_first_across_batches_reopen_and_stale_heads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.db");
+        let store = SqliteStore::open(&path).unwrap();
+        // Interleaved devices, some units in one batch, some in separate ones.
+        let mut commits = Vec::new();
+        for send in 1..=20 {
+            commits
+                .push(store.submit(vec![message("acon/a", send), message("acon/b", 100 + send)]));
+            if send % 5 == 0 {
+                for c in commits.drain(..) {
+                    c.wait().await.unwrap();
+                }
+            }
+        }
+        assert_eq!(sends(&store, "acon/a", 3).await, [20, 19, 18]);
+        assert_eq!(sends(&store, "acon/b", 2).await, [120, 119]);
+        assert_eq!(sends(&store, "acon/a", 100).await.len(), 20);
+        assert!(sends(&store, "acon/none", 5).await.is_empty());
+        store.close().await.unwrap();
+
+        // As after a crash before the heads were saved: heads say nothing about the tail.
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "DELETE FROM device_heads WHERE device = 'acon/b';
+             UPDATE device_heads SET seq = (SELECT min(seq) FROM messages WHERE device = 'acon/a');
+             UPDATE meta SET value = 5 WHERE key = 'heads_upto';",
+        )
+        .unwrap();
+        drop(conn);
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(sends(&store, "acon/a", 2).await, [20, 19]);
+        assert_eq!(sends(&store, "acon/b", 2).await, [120, 119]);
+        store
+            .submit(vec![message("acon/a", 21)])
+            .wait()
+            .await
+            .unwrap();
+        assert_eq!(sends(&store, "acon/a", 2).await, [21, 20]);
     }
 }
