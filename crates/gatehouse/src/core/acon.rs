@@ -129,7 +129,7 @@ impl BoardState {
                 self.reported.expired.insert(cell, a.expires_at);
                 events.push(ev(
                     "assignment_expired",
-                    json!({"cell": cell, "code": a.code, "expires_at": a.expires_at}),
+                    json!({"cell": cell, "code": a.code, "expires_at": crate::clock::rfc3339(a.expires_at)}),
                 ));
             }
         }

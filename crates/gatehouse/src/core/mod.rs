@@ -331,7 +331,7 @@ impl Hub {
                         Some(dev.key()),
                         "offline",
                         "server",
-                        json!({"reason": "silent", "last_seen": dev.last_seen, "timeout_ms": self.cfg.presence_timeout_ms}),
+                        json!({"reason": "silent", "last_seen": dev.last_seen.map(crate::clock::rfc3339), "timeout_ms": self.cfg.presence_timeout_ms}),
                     );
                     unit.writes.push(Write::Device(dev.record()));
                 }
@@ -602,7 +602,7 @@ impl Hub {
                 Some(key),
                 "cell_engaged",
                 actor,
-                json!({"cell": cell, "code": a.code, "expires_at": a.expires_at, "single_use": a.single_use,
+                json!({"cell": cell, "code": a.code, "expires_at": crate::clock::rfc3339(a.expires_at), "single_use": a.single_use,
                        "version": {"from": from, "to": dev.board.desired_version}}),
             );
             unit.writes.push(Write::Device(dev.record()));

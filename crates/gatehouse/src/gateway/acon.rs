@@ -20,6 +20,9 @@ use tracing::{debug, info, warn};
 use crate::clock::now_ms;
 use crate::core::{AconOutcome, Hub};
 
+/// How long shutdown waits for bytes a board has already sent.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(100);
+
 /// Limits of the listener.
 #[derive(Debug, Clone)]
 pub struct AconLimits {
@@ -178,8 +181,14 @@ async fn connection(
             buf.reserve(2048);
         }
         let read = tokio::select! {
-            r = tokio::time::timeout(wait, stream.read_buf(buf)) => r,
-            _ = shutdown.wait_for(|&s| s) => return "shutdown",
+            r = tokio::time::timeout(wait, stream.read_buf(buf)) => Some(r),
+            _ = shutdown.wait_for(|&s| s) => None,
+        };
+        let Some(read) = read else {
+            // What the board has already sent is in flight: take it, answer it, then close
+            // (the check after answering, above).
+            drain_received(&mut stream, &mut decoder, limits.max_frame).await;
+            continue;
         };
         match read {
             Ok(Ok(0)) => return "closed by peer",
@@ -200,6 +209,21 @@ async fn connection(
             if buf.capacity() > 16 * 1024 {
                 buf.shrink_to(4096);
             }
+        }
+    }
+}
+
+/// Moves the bytes already on their way into the decoder: reads until nothing arrives for
+/// [`SHUTDOWN_GRACE`] (the reactor may not have seen bytes that are already in the socket).
+/// Stops at `limit` bytes so a peer that keeps sending cannot hold up shutdown.
+async fn drain_received(stream: &mut TcpStream, decoder: &mut Decoder, limit: usize) {
+    let mut taken = 0;
+    while taken < limit {
+        let buf = decoder.buffer_mut();
+        buf.reserve(4096);
+        match tokio::time::timeout(SHUTDOWN_GRACE, stream.read_buf(buf)).await {
+            Ok(Ok(n)) if n > 0 => taken += n,
+            _ => break,
         }
     }
 }

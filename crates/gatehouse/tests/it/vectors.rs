@@ -224,3 +224,19 @@ async fn connections_over_the_limit_are_closed_at_once() {
         "a freed slot is reused"
     );
 }
+
+#[tokio::test]
+async fn shutdown_answers_what_was_received_then_closes() {
+    let mut s = Server::start().await;
+    let mut b = s.board().await;
+    assert_eq!(b.exchange(&msg("30", 1, "")).await.send, 1);
+    // Two messages on the wire, then the server is told to stop before it has read them.
+    b.write(format!("{}{}", msg("30", 2, ""), msg("30", 3, "")).as_bytes())
+        .await;
+    let running = s.running.take().unwrap();
+    let stopped = tokio::spawn(running.shutdown());
+    assert_eq!(b.answer().await.send, 2);
+    assert_eq!(b.answer().await.send, 3);
+    assert!(b.closed(Duration::from_secs(5)).await);
+    stopped.await.unwrap().unwrap();
+}
