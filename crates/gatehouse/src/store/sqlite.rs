@@ -552,13 +552,27 @@ impl Store for SqliteStore {
 
     fn events(&self, filter: EventFilter) -> StoreFuture<'_, Vec<StoredEvent>> {
         Box::pin(self.read(move |conn| {
-            let mut stmt = conn
-                .prepare_cached(
+            // One statement per filter shape, so that SQLite can use the (device, seq) or
+            // (kind, seq) index; `?1 IS NULL OR …` would make it scan the whole log.
+            let sql = match (&filter.device, &filter.kind) {
+                (Some(_), Some(_)) => {
                     "SELECT seq, at, device, kind, actor, data FROM events
-                     WHERE (?1 IS NULL OR device = ?1) AND (?2 IS NULL OR kind = ?2)
-                     ORDER BY seq DESC LIMIT ?3",
-                )
-                .map_err(db_err)?;
+                     WHERE device = ?1 AND kind = ?2 ORDER BY seq DESC LIMIT ?3"
+                }
+                (Some(_), None) => {
+                    "SELECT seq, at, device, kind, actor, data FROM events
+                     WHERE device = ?1 AND ?2 IS NULL ORDER BY seq DESC LIMIT ?3"
+                }
+                (None, Some(_)) => {
+                    "SELECT seq, at, device, kind, actor, data FROM events
+                     WHERE ?1 IS NULL AND kind = ?2 ORDER BY seq DESC LIMIT ?3"
+                }
+                (None, None) => {
+                    "SELECT seq, at, device, kind, actor, data FROM events
+                     WHERE ?1 IS NULL AND ?2 IS NULL ORDER BY seq DESC LIMIT ?3"
+                }
+            };
+            let mut stmt = conn.prepare_cached(sql).map_err(db_err)?;
             let rows = stmt
                 .query_map(params![filter.device, filter.kind, filter.limit], |r| {
                     Ok(StoredEvent {

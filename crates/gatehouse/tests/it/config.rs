@@ -4,7 +4,7 @@
 use std::net::TcpListener;
 use std::process::Command;
 
-use crate::durability::spawn;
+use crate::durability::{local_args, spawn};
 
 fn gatehouse(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_gatehouse"));
@@ -158,14 +158,7 @@ fn flags_beat_environment_beats_file_beats_defaults() {
 async fn port_0_unknown_env_and_a_generated_admin_token_printed_once() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_str().unwrap();
-    let args = [
-        "--data-dir",
-        data,
-        "--acon-listen",
-        "127.0.0.1:0",
-        "--http-listen",
-        "127.0.0.1:0",
-    ];
+    let args = local_args(data, None);
     let env = [("GATEHOUSE_SOME_FUTURE_SETTING", "1")];
     let mut p = spawn(&args, &env);
     assert_ne!(p.acon.port(), 0);
@@ -201,12 +194,10 @@ async fn port_0_unknown_env_and_a_generated_admin_token_printed_once() {
         "not printed again"
     );
     // A second server on the same data directory is refused.
-    let (ok, _, err) = gatehouse(
-        &[
-            "serve", args[0], args[1], args[2], args[3], args[4], args[5],
-        ],
-        &[],
-    );
+    let second: Vec<&str> = std::iter::once("serve")
+        .chain(args.iter().copied())
+        .collect();
+    let (ok, _, err) = gatehouse(&second, &[]);
     assert!(
         !ok && err.contains("already using the data directory"),
         "{err}"

@@ -10,6 +10,22 @@ use serde_json::json;
 
 use crate::common::{Board, TOKEN, decode, msg};
 
+/// `serve` flags for a server on port 0 with its data in `data`.
+pub fn local_args<'a>(data: &'a str, token: Option<&'a str>) -> Vec<&'a str> {
+    let mut args = vec![
+        "--data-dir",
+        data,
+        "--acon-listen",
+        "127.0.0.1:0",
+        "--http-listen",
+        "127.0.0.1:0",
+    ];
+    if let Some(t) = token {
+        args.extend(["--admin-token", t]);
+    }
+    args
+}
+
 /// A `gatehouse serve` process on port 0, with the addresses it logged.
 pub struct Proc {
     pub child: Child,
@@ -75,16 +91,7 @@ async fn api(
 async fn answered_messages_and_assigned_codes_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_str().unwrap();
-    let args = [
-        "--data-dir",
-        data,
-        "--acon-listen",
-        "127.0.0.1:0",
-        "--http-listen",
-        "127.0.0.1:0",
-        "--admin-token",
-        TOKEN,
-    ];
+    let args = local_args(data, Some(TOKEN));
     let mut p = spawn(&args, &[]);
     let mut b = Board::connect(p.acon).await;
     b.exchange(&msg("1953", 1, "")).await;
@@ -176,16 +183,7 @@ async fn answered_messages_and_assigned_codes_survive_kill_9() {
 async fn sigterm_stops_gracefully_and_flushes() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_str().unwrap();
-    let args = [
-        "--data-dir",
-        data,
-        "--acon-listen",
-        "127.0.0.1:0",
-        "--http-listen",
-        "127.0.0.1:0",
-        "--admin-token",
-        TOKEN,
-    ];
+    let args = local_args(data, Some(TOKEN));
     let mut p = spawn(&args, &[]);
     let mut b = Board::connect(p.acon).await;
     b.exchange(&msg("1", 1, "")).await;
