@@ -189,8 +189,9 @@ async fn sigterm_stops_gracefully_and_flushes() {
     b.exchange(&msg("1", 1, "")).await;
     let pid = p.child.id().to_string();
     assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
+        // The shell's own `kill`: /bin/kill (procps) is not on every machine.
+        Command::new("sh")
+            .args(["-c", &format!("kill -TERM {pid}")])
             .status()
             .unwrap()
             .success()
