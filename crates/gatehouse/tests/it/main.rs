@@ -4,4 +4,5 @@ mod api;
 mod common;
 mod config;
 mod durability;
+mod tools;
 mod vectors;
