@@ -12,6 +12,7 @@
 pub mod acon;
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -240,8 +241,9 @@ impl Hub {
         let key = acon_key(&msg.id);
         let mut unit = Unit::new(now);
         let mut table = self.table();
-        if !table.contains_key(&key) {
-            if self.cfg.unknown_devices == UnknownPolicy::Reject {
+        let dev = match table.entry(key.clone()) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(_) if self.cfg.unknown_devices == UnknownPolicy::Reject => {
                 self.stats.acon_rejected.fetch_add(1, Ordering::Relaxed);
                 unit.event(
                     Some(key),
@@ -252,16 +254,15 @@ impl Hub {
                 drop(table);
                 return AconOutcome::Rejected(self.submit(unit));
             }
-            table.insert(key.clone(), new_device("acon", &msg.id, now));
-            unit.event(
-                Some(key.clone()),
-                "registered",
-                "server",
-                json!({"peer": peer}),
-            );
-        }
-        let Some(dev) = table.get_mut(&key) else {
-            unreachable!("inserted above")
+            Entry::Vacant(e) => {
+                unit.event(
+                    Some(key.clone()),
+                    "registered",
+                    "server",
+                    json!({"peer": peer}),
+                );
+                e.insert(new_device("acon", &msg.id, now))
+            }
         };
         dev.last_seen = Some(now);
         if !dev.online {
