@@ -16,7 +16,7 @@ use std::collections::hash_map::Entry;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use ::acon::{Answer, Message};
+use ::acon::Message;
 use rand::RngExt as _;
 use serde::Serialize;
 use serde_json::json;
@@ -150,8 +150,8 @@ impl Unit {
 
 /// What became of an inbound ACon message.
 pub enum AconOutcome {
-    /// Answer with this once the commit is durable.
-    Answer(Commit, Answer),
+    /// Send these bytes (the encoded answer) once the commit is durable.
+    Answer(Commit, Vec<u8>),
     /// The board is unknown and the policy refuses it: no answer.
     Rejected(Commit),
 }
@@ -297,7 +297,7 @@ impl Hub {
         }));
         let commit = self.submit(unit);
         drop(table);
-        AconOutcome::Answer(commit, answer)
+        AconOutcome::Answer(commit, answer_bytes)
     }
 
     /// A frame that is not a valid message: an error event with the reason and the raw bytes.

@@ -97,7 +97,8 @@ async fn connection(
     let mut decoder = Decoder::new(limits.max_frame);
     let mut out = Vec::new();
     let mut bad_in_row = 0u32;
-    let mut pending: Vec<(crate::store::Commit, acon::Answer)> = Vec::new();
+    // Answers waiting for their commit: (commit, board ID, SEND, encoded answer).
+    let mut pending: Vec<(crate::store::Commit, String, u64, Vec<u8>)> = Vec::new();
     loop {
         // Everything already buffered: decode, record, queue the answers.
         let mut malformed = Vec::new();
@@ -108,7 +109,9 @@ async fn connection(
                     Ok(msg) => {
                         bad_in_row = 0;
                         match hub.acon_message(&frame.bytes, &msg, &peer_s, now) {
-                            AconOutcome::Answer(commit, answer) => pending.push((commit, answer)),
+                            AconOutcome::Answer(commit, answer) => {
+                                pending.push((commit, msg.id, msg.send, answer))
+                            }
                             AconOutcome::Rejected(commit) => {
                                 let _ = commit.wait().await;
                                 info!(peer = %peer_s, device = %msg.id, "unknown board refused (policy reject)");
@@ -145,13 +148,12 @@ async fn connection(
             }
         }
         // Answer in order, each once durable.
-        for (commit, answer) in pending.drain(..) {
+        for (commit, device, send, answer) in pending.drain(..) {
             if let Err(e) = commit.wait().await {
-                warn!(peer = %peer_s, device = %answer.id, send = answer.send, error = %e,
-                    "message not recorded; no answer");
+                warn!(peer = %peer_s, %device, send, error = %e, "message not recorded; no answer");
                 return "store failure";
             }
-            answer.encode(&mut out);
+            out.extend_from_slice(&answer);
         }
         for c in malformed {
             let _ = c.wait().await;
