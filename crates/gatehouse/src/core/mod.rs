@@ -152,8 +152,9 @@ impl Unit {
 pub enum AconOutcome {
     /// Send these bytes (the encoded answer) once the commit is durable.
     Answer(Commit, Vec<u8>),
-    /// The board is unknown and the policy refuses it: no answer.
-    Rejected(Commit),
+    /// The board is unknown and the policy refuses it: no answer. The commit of its
+    /// `rejected` event, if one was written (see `Hub::refuse`).
+    Rejected(Option<Commit>),
 }
 
 /// The device table and its rules. Shared by the gateways and the console.
@@ -161,8 +162,16 @@ pub struct Hub {
     store: Arc<dyn Store>,
     cfg: CoreConfig,
     devices: Mutex<HashMap<String, Device>>,
+    /// Unknown boards refused lately: key → (time of the last `rejected` event, refusals since).
+    rejected: Mutex<HashMap<String, (i64, u64)>>,
     pub stats: Stats,
 }
+
+/// At most one `rejected` event per unknown board in this time (ms).
+const REJECTED_EVENT_EVERY_MS: i64 = 60_000;
+
+/// Unknown boards remembered for [`REJECTED_EVENT_EVERY_MS`]; past this, the memory restarts.
+const REJECTED_TRACKED: usize = 10_000;
 
 pub fn acon_key(id: &str) -> String {
     format!("acon/{id}")
@@ -211,6 +220,7 @@ impl Hub {
             store,
             cfg,
             devices: Mutex::new(devices),
+            rejected: Mutex::new(HashMap::new()),
             stats: Stats::default(),
         })
     }
@@ -244,15 +254,8 @@ impl Hub {
         let dev = match table.entry(key.clone()) {
             Entry::Occupied(e) => e.into_mut(),
             Entry::Vacant(_) if self.cfg.unknown_devices == UnknownPolicy::Reject => {
-                self.stats.acon_rejected.fetch_add(1, Ordering::Relaxed);
-                unit.event(
-                    Some(key),
-                    "rejected",
-                    "server",
-                    json!({"reason": "unknown device, policy reject", "peer": peer, "send": msg.send}),
-                );
                 drop(table);
-                return AconOutcome::Rejected(self.submit(unit));
+                return AconOutcome::Rejected(self.refuse(key, peer, msg.send, unit));
             }
             Entry::Vacant(e) => {
                 unit.event(
@@ -298,6 +301,41 @@ impl Hub {
         let commit = self.submit(unit);
         drop(table);
         AconOutcome::Answer(commit, answer_bytes)
+    }
+
+    /// Records a refused unknown board: one `rejected` event per board per
+    /// [`REJECTED_EVENT_EVERY_MS`] (with the number refused since the last one), so a board
+    /// retrying every second cannot flood the log. Every refusal is counted in the stats.
+    fn refuse(&self, key: String, peer: &str, send: u64, mut unit: Unit) -> Option<Commit> {
+        self.stats.acon_rejected.fetch_add(1, Ordering::Relaxed);
+        let now = unit.now;
+        let mut seen = self.rejected.lock().unwrap_or_else(|p| p.into_inner());
+        let refused_since = match seen.get_mut(&key) {
+            Some((last, refused)) if now - *last < REJECTED_EVENT_EVERY_MS => {
+                *refused += 1;
+                return None;
+            }
+            Some((last, refused)) => {
+                *last = now;
+                std::mem::take(refused)
+            }
+            None => {
+                if seen.len() >= REJECTED_TRACKED {
+                    seen.clear();
+                }
+                seen.insert(key.clone(), (now, 0));
+                0
+            }
+        };
+        drop(seen);
+        unit.event(
+            Some(key),
+            "rejected",
+            "server",
+            json!({"reason": "unknown device, policy reject", "peer": peer, "send": send,
+                   "refused_since_last_event": refused_since}),
+        );
+        Some(self.submit(unit))
     }
 
     /// A frame that is not a valid message: an error event with the reason and the raw bytes.

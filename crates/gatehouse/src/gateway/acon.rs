@@ -113,7 +113,9 @@ async fn connection(
                                 pending.push((commit, msg.id, msg.send, answer))
                             }
                             AconOutcome::Rejected(commit) => {
-                                let _ = commit.wait().await;
+                                if let Some(commit) = commit {
+                                    let _ = commit.wait().await;
+                                }
                                 info!(peer = %peer_s, device = %msg.id, "unknown board refused (policy reject)");
                                 return "unknown board refused";
                             }

@@ -502,7 +502,15 @@ async fn policy_reject_refuses_unknown_boards_until_registered() {
     assert!(b.closed(Duration::from_secs(2)).await);
     let (st, _) = s.get("/api/devices/acon/77").await;
     assert_eq!(st, 404);
+    // The board keeps retrying: every refusal is counted, but one event per minute is written.
+    for send in 2..=3 {
+        let mut again = s.board().await;
+        again.write(msg("77", send, "").as_bytes()).await;
+        assert!(again.closed(Duration::from_secs(2)).await);
+    }
     assert_eq!(s.event_kinds("acon/77").await, ["rejected"]);
+    let (_, stats) = s.get("/api/stats").await;
+    assert_eq!(stats["acon_rejected"], 3, "{stats}");
     let (st, v) = s
         .send(
             Method::PUT,
