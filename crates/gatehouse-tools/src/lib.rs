@@ -10,6 +10,8 @@
 
 mod args;
 pub mod bench_acon;
+pub mod bench_skaben;
 mod net;
 pub mod reference;
 pub mod simulate_acon;
+pub mod simulate_skaben;

@@ -8,16 +8,19 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::parser::ValueSource;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
-use gatehouse_tools::{bench_acon, simulate_acon};
+use gatehouse_tools::{bench_acon, bench_skaben, simulate_acon, simulate_skaben};
 
 use crate::core::{CoreConfig, UnknownPolicy};
 use crate::gateway::acon::AconLimits;
+use crate::gateway::mqtt::MqttSettings;
 use crate::server::Settings;
 
 /// gatehouse: a server for the devices of a venue.
 ///
 /// ACon lock boards connect over raw TCP and get their cells' codes; everything they say is
-/// recorded before it is answered. The HTTP API (Bearer token) manages boards and cells.
+/// recorded before it is answered. SKABEN props (locks, terminals, lamps, …) talk JSON over
+/// MQTT, to the embedded broker or an external one, and get their configs kept in sync. The
+/// HTTP API (Bearer token) manages devices, configs and device types.
 #[derive(Parser, Debug)]
 #[command(name = "gatehouse", version, propagate_version = true)]
 pub struct Cli {
@@ -41,12 +44,16 @@ pub enum Command {
 pub enum SimulateCommand {
     /// Virtual ACon boards that keep the server's cell table as a real board does.
     Acon(simulate_acon::SimulateAconArgs),
+    /// Virtual SKABEN props (locks and lamps) that behave like the public clients.
+    Skaben(simulate_skaben::SimulateSkabenArgs),
 }
 
 #[derive(Subcommand, Debug)]
 pub enum BenchCommand {
     /// Closed-loop (or paced) ACon load: messages/s and answer latency percentiles.
     Acon(bench_acon::BenchAconArgs),
+    /// Closed-loop SKABEN CUP request → CUP round trips, with the broker's own rate alongside.
+    Skaben(bench_skaben::BenchSkabenArgs),
 }
 
 /// Settings of `gatehouse serve`. Each can be given as a flag, as an environment variable, or
@@ -145,11 +152,43 @@ pub struct ServeArgs {
     )]
     pub acon_max_bad_frames: u32,
 
+    /// Address of the embedded MQTT broker the SKABEN props connect to (port 0: any free port,
+    /// logged at start). Not used with --mqtt-url.
+    #[arg(
+        long,
+        env = "GATEHOUSE_MQTT_LISTEN",
+        default_value = "0.0.0.0:1883",
+        value_name = "HOST:PORT"
+    )]
+    pub mqtt_listen: String,
+
+    /// Use this MQTT broker instead of the embedded one (Mosquitto, EMQX, RabbitMQ's MQTT
+    /// plugin): `mqtt://[user:password@]host[:port]`. No embedded broker is started.
+    #[arg(
+        long,
+        env = "GATEHOUSE_MQTT_URL",
+        hide_env_values = true,
+        conflicts_with = "mqtt_listen",
+        value_name = "URL"
+    )]
+    pub mqtt_url: Option<String>,
+
+    /// Seconds between PING broadcasts to every active SKABEN device type.
+    #[arg(long, env = "GATEHOUSE_PING_INTERVAL_SECS", default_value = "10", value_name = "SECS",
+          value_parser = parse_secs)]
+    pub ping_interval_secs: f64,
+
+    /// A SKABEN device is offline after this many seconds without a packet (a device type can
+    /// override it: `keepalive_secs` in PUT /api/types/{type}).
+    #[arg(long, env = "GATEHOUSE_SKABEN_KEEPALIVE_SECS", default_value = "60", value_name = "SECS",
+          value_parser = parse_secs)]
+    pub skaben_keepalive_secs: f64,
+
     /// Log filter (tracing's EnvFilter syntax: `info`, `gatehouse=debug`, …).
     #[arg(
         long,
         env = "GATEHOUSE_LOG",
-        default_value = "info",
+        default_value = "info,mqtt5=warn",
         value_name = "FILTER"
     )]
     pub log: String,
@@ -177,6 +216,14 @@ impl ServeArgs {
                 unknown_devices: self.unknown_devices,
                 presence_timeout_ms: (self.presence_timeout_secs * 1000.0) as i64,
                 code_length: usize::from(self.code_length),
+                ping_interval_ms: (self.ping_interval_secs * 1000.0) as i64,
+                skaben_keepalive_ms: (self.skaben_keepalive_secs * 1000.0) as i64,
+            },
+            mqtt: match &self.mqtt_url {
+                Some(url) => MqttSettings::External { url: url.clone() },
+                None => MqttSettings::Embedded {
+                    listen: self.mqtt_listen.clone(),
+                },
             },
             acon: AconLimits {
                 max_frame: self.acon_max_frame as usize,

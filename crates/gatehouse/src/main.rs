@@ -45,6 +45,12 @@ fn main() -> ExitCode {
             Command::Bench(BenchCommand::Acon(args)) => {
                 gatehouse_tools::bench_acon::run(args).await
             }
+            Command::Simulate(SimulateCommand::Skaben(args)) => {
+                gatehouse_tools::simulate_skaben::run(args).await
+            }
+            Command::Bench(BenchCommand::Skaben(args)) => {
+                gatehouse_tools::bench_skaben::run(args).await
+            }
         }
     });
     match result {

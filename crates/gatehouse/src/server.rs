@@ -16,6 +16,8 @@ use tracing::{info, warn};
 use crate::clock::now_ms;
 use crate::core::{CoreConfig, Hub};
 use crate::gateway::acon::AconLimits;
+use crate::gateway::broker::EmbeddedBroker;
+use crate::gateway::mqtt::MqttSettings;
 use crate::http::{AppState, app};
 use crate::store::Store;
 use crate::store::sqlite::SqliteStore;
@@ -29,16 +31,26 @@ pub struct Settings {
     pub admin_token: Option<String>,
     pub core: CoreConfig,
     pub acon: AconLimits,
+    pub mqtt: MqttSettings,
+}
+
+/// How the core reaches the MQTT broker.
+enum Link {
+    InProcess(crate::gateway::inproc::InProcessConnection),
+    Client(Box<crate::gateway::mqtt::MqttConnection>),
 }
 
 /// A running server.
 pub struct Running {
     pub acon_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    /// The embedded MQTT broker's address (`None` with an external broker).
+    pub mqtt_addr: Option<SocketAddr>,
     pub admin_token: String,
     pub hub: Arc<Hub>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    broker: Option<EmbeddedBroker>,
     store: Arc<dyn Store>,
     _lock: std::fs::File,
 }
@@ -50,6 +62,9 @@ impl Running {
         let _ = self.shutdown.send(true);
         for t in self.tasks {
             let _ = t.await;
+        }
+        if let Some(b) = self.broker {
+            b.shutdown().await;
         }
         self.store.close().await.context("flushing the store")?;
         info!("store flushed; stopped");
@@ -75,8 +90,32 @@ pub async fn start(s: Settings) -> anyhow::Result<Running> {
     let store: Arc<dyn Store> = Arc::new(
         SqliteStore::open(&db).with_context(|| format!("opening the store {}", db.display()))?,
     );
+    // The embedded broker is reached in-process; an external one through the MQTT client.
+    let (broker, bus, connection): (Option<EmbeddedBroker>, Arc<dyn crate::bus::Bus>, Link) =
+        match &s.mqtt {
+            MqttSettings::Embedded { listen } => {
+                let b = EmbeddedBroker::start(listen).await?;
+                let (bus, conn) = b.in_process();
+                (Some(b), Arc::new(bus), Link::InProcess(conn))
+            }
+            MqttSettings::External { .. } => {
+                let gw =
+                    crate::gateway::mqtt::connect(&s.mqtt, crate::gateway::mqtt::new_client_id())
+                        .await?;
+                info!(broker = %gw.broker_address, "using the external MQTT broker");
+                (
+                    None,
+                    Arc::new(gw.bus),
+                    Link::Client(Box::new(gw.connection)),
+                )
+            }
+        };
+    let mqtt_addr = broker.as_ref().map(|b| b.local_addr());
+    if let Some(addr) = mqtt_addr {
+        info!(%addr, "embedded MQTT broker ready");
+    }
     let hub = Arc::new(
-        Hub::load(store.clone(), s.core.clone())
+        Hub::load(store.clone(), s.core.clone(), bus, now_ms())
             .await
             .context("loading devices")?,
     );
@@ -112,9 +151,20 @@ pub async fn start(s: Settings) -> anyhow::Result<Running> {
             warn!(error = %e, "HTTP server stopped with an error");
         }
     }));
-    tasks.push(tokio::spawn(presence_sweeper(hub.clone(), rx)));
+    tasks.push(tokio::spawn(presence_sweeper(hub.clone(), rx.clone())));
+    tasks.push(tokio::spawn(pinger(hub.clone(), rx.clone())));
+    tasks.push(tokio::spawn(broadcaster(hub.clone(), rx.clone())));
+    let hub_for_mqtt: Arc<dyn crate::bus::PacketHandler> = hub.clone();
+    tasks.push(tokio::spawn(async move {
+        match connection {
+            Link::InProcess(c) => c.run(hub_for_mqtt, rx).await,
+            Link::Client(c) => c.run(hub_for_mqtt, rx).await,
+        }
+    }));
     Ok(Running {
         acon_addr,
+        mqtt_addr,
+        broker,
         http_addr,
         admin_token,
         hub,
@@ -125,9 +175,47 @@ pub async fn start(s: Settings) -> anyhow::Result<Running> {
     })
 }
 
+/// PING to every active SKABEN type, every `ping_interval`.
+async fn pinger(hub: Arc<Hub>, mut shutdown: watch::Receiver<bool>) {
+    let every = Duration::from_millis(
+        u64::try_from(hub.config().ping_interval_ms)
+            .unwrap_or(10_000)
+            .max(10),
+    );
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.wait_for(|&s| s) => return,
+        }
+        hub.skaben_ping(now_ms());
+    }
+}
+
+/// Sends the coalesced `<type>/all/cup` broadcasts that are due.
+async fn broadcaster(hub: Arc<Hub>, mut shutdown: watch::Receiver<bool>) {
+    let every = Duration::from_millis(
+        u64::try_from(crate::core::skaben::BROADCAST_EVERY_MS / 4).unwrap_or(250),
+    );
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.wait_for(|&s| s) => return,
+        }
+        hub.skaben_flush_broadcasts(now_ms());
+    }
+}
+
 /// Marks silent devices offline, a few times per timeout.
 async fn presence_sweeper(hub: Arc<Hub>, mut shutdown: watch::Receiver<bool>) {
-    let timeout = hub.config().presence_timeout_ms.max(100);
+    let cfg = hub.config();
+    let timeout = cfg
+        .presence_timeout_ms
+        .min(cfg.skaben_keepalive_ms)
+        .max(100);
     let every = Duration::from_millis(u64::try_from(timeout / 5).unwrap_or(1000).clamp(50, 5000));
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -10,6 +10,7 @@
 //! - No I/O here besides the store: the gateways own sockets, and time is passed in.
 
 pub mod acon;
+pub mod skaben;
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -23,6 +24,7 @@ use serde_json::json;
 use thiserror::Error;
 
 use self::acon::{Assignment, BoardState, RuleEvent};
+use crate::bus::{Bus, PacketHandler};
 use crate::store::{Commit, DeviceRecord, EventRecord, MessageRecord, Store, StoreError, Write};
 
 /// What to do with a device the server has never seen.
@@ -43,6 +45,10 @@ pub struct CoreConfig {
     pub presence_timeout_ms: i64,
     /// Digits in a generated cell code.
     pub code_length: usize,
+    /// Time between PING broadcasts to the active SKABEN types (ms).
+    pub ping_interval_ms: i64,
+    /// A SKABEN device is offline once silent this long, unless its type says otherwise (ms).
+    pub skaben_keepalive_ms: i64,
 }
 
 /// Errors of operator actions, each mapped to an HTTP status by the console.
@@ -72,6 +78,11 @@ pub struct Stats {
     pub acon_malformed: AtomicU64,
     pub acon_rejected: AtomicU64,
     pub store_failures: AtomicU64,
+    pub skaben_packets: AtomicU64,
+    pub skaben_malformed: AtomicU64,
+    pub skaben_rejected: AtomicU64,
+    pub skaben_cups_sent: AtomicU64,
+    pub skaben_publish_failures: AtomicU64,
 }
 
 /// A device in the table.
@@ -164,6 +175,17 @@ pub struct Hub {
     devices: Mutex<HashMap<String, Device>>,
     /// Unknown boards refused lately: key → (time of the last `rejected` event, refusals since).
     rejected: Mutex<HashMap<String, (i64, u64)>>,
+    /// SKABEN types and devices (see [`skaben`]).
+    skaben: Mutex<skaben::SkabenTable>,
+    /// Where SKABEN packets go out.
+    bus: Arc<dyn Bus>,
+    /// Per type: when `<type>/all/cup` was last broadcast in answer to a request from `all`,
+    /// and whether another request wants one.
+    broadcasts: Mutex<HashMap<String, (i64, bool)>>,
+    /// INFO and SUP for the scenario engine.
+    scenario: tokio::sync::broadcast::Sender<skaben::ScenarioInput>,
+    /// Next push task id (starts at the start-up time in ms, so ids never repeat across runs).
+    task_seq: AtomicU64,
     pub stats: Stats,
 }
 
@@ -173,16 +195,46 @@ const REJECTED_EVENT_EVERY_MS: i64 = 60_000;
 /// Unknown boards remembered for [`REJECTED_EVENT_EVERY_MS`]; past this, the memory restarts.
 const REJECTED_TRACKED: usize = 10_000;
 
+impl PacketHandler for Hub {
+    fn packet(&self, topic: &str, payload: &[u8]) {
+        self.skaben_packet(topic, payload, crate::clock::now_ms());
+    }
+
+    fn connected(&self) {
+        let n = self.skaben_connected(crate::clock::now_ms());
+        if n > 0 {
+            tracing::info!(
+                pushes = n,
+                "re-sent pending config pushes after (re)connecting to the broker"
+            );
+        }
+    }
+}
+
 pub fn acon_key(id: &str) -> String {
     format!("acon/{id}")
 }
 
 impl Hub {
     /// Builds the table from the store.
-    pub async fn load(store: Arc<dyn Store>, cfg: CoreConfig) -> Result<Hub, StoreError> {
+    pub async fn load(
+        store: Arc<dyn Store>,
+        cfg: CoreConfig,
+        bus: Arc<dyn Bus>,
+        now: i64,
+    ) -> Result<Hub, StoreError> {
         let mut devices = HashMap::new();
+        let mut sk = skaben::SkabenTable::default();
+        let seed = Hub::load_types(&mut sk, store.load_types().await?, now)?;
+        if !seed.is_empty() {
+            store.submit(seed).wait().await?;
+        }
         for loaded in store.load_devices().await? {
             let r = loaded.record;
+            if r.protocol == "skaben" {
+                Hub::load_skaben_device(&mut sk, r, loaded.last_message.map(|m| m.at))?;
+                continue;
+            }
             let key = format!("{}/{}", r.kind, r.id);
             let desired = serde_json::from_str(&r.desired)
                 .map_err(|e| StoreError::Corrupt(format!("desired config of {key}: {e}")))?;
@@ -221,6 +273,11 @@ impl Hub {
             cfg,
             devices: Mutex::new(devices),
             rejected: Mutex::new(HashMap::new()),
+            skaben: Mutex::new(sk),
+            bus,
+            broadcasts: Mutex::new(HashMap::new()),
+            scenario: tokio::sync::broadcast::channel(4096).0,
+            task_seq: AtomicU64::new(u64::try_from(now).unwrap_or(1)),
             stats: Stats::default(),
         })
     }
@@ -375,6 +432,8 @@ impl Hub {
                     unit.writes.push(Write::Device(dev.record()));
                 }
             }
+            drop(table);
+            changed += self.sweep_skaben(&mut unit, now);
             if changed == 0 {
                 return Ok(0);
             }
@@ -401,6 +460,8 @@ impl Hub {
                 blocked: d.board.desired.blocked,
             })
             .collect();
+        drop(table);
+        self.skaben_summaries(kind, &mut out);
         out.sort_by(|a, b| (&a.kind, &a.id).cmp(&(&b.kind, &b.id)));
         out
     }

@@ -2,3 +2,7 @@
 //! the core; none holds device state of its own.
 
 pub mod acon;
+pub mod broker;
+pub mod inproc;
+
+pub mod mqtt;

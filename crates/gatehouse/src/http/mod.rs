@@ -5,6 +5,8 @@
 //! records who made it before the handler answers. Errors are JSON:
 //! `{"error": "...", "field": "..."}` (`field` when one input is to blame).
 
+mod skaben;
+
 use std::sync::Arc;
 
 use axum::Router;
@@ -45,6 +47,25 @@ pub fn app(state: AppState) -> Router {
         .route("/api/devices/acon/{id}/block", post(block_board))
         .route("/api/devices/acon/{id}/unblock", post(unblock_board))
         .route("/api/devices/acon/{id}/messages", get(get_messages))
+        .route(
+            "/api/devices/{type}/{id}",
+            get(skaben::get_device).put(skaben::register_device),
+        )
+        .route(
+            "/api/devices/{type}/{id}/config",
+            put(skaben::put_config).patch(skaben::patch_config),
+        )
+        .route("/api/devices/{type}/{id}/push", post(skaben::push_device))
+        .route(
+            "/api/devices/{type}/{id}/messages",
+            get(get_device_messages),
+        )
+        .route("/api/types", get(skaben::list_types))
+        .route(
+            "/api/types/{type}",
+            get(skaben::get_type).put(skaben::put_type),
+        )
+        .route("/api/types/{type}/push", post(skaben::push_type))
         .route("/api/events", get(get_events))
         .route("/api/stats", get(get_stats))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") });
@@ -314,17 +335,38 @@ async fn get_messages(
     Path(id): Path<String>,
     Query(q): Query<LimitQuery>,
 ) -> ApiResult {
-    let limit = limit(q.limit)?;
     if s.hub.acon_board(&id).is_none() {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!("no board acon/{id}"),
         ));
     }
+    messages(&s, acon_key(&id), q).await
+}
+
+/// Messages of a SKABEN device (every packet in, with what went out in answer).
+async fn get_device_messages(
+    State(s): State<AppState>,
+    Path((ty, id)): Path<(String, String)>,
+    Query(q): Query<LimitQuery>,
+) -> ApiResult {
+    let (ty, id) = (ty.to_ascii_lowercase(), id.to_ascii_lowercase());
+    // `<type>/all` has messages too (packets from a whole type).
+    if id != "all" && s.hub.skaben_device(&ty, &id).is_none() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no device {ty}/{id}"),
+        ));
+    }
+    messages(&s, format!("{ty}/{id}"), q).await
+}
+
+async fn messages(s: &AppState, device: String, q: LimitQuery) -> ApiResult {
+    let limit = limit(q.limit)?;
     let rows = s
         .hub
         .store()
-        .messages(acon_key(&id), limit)
+        .messages(device, limit)
         .await
         .map_err(CoreError::from)?;
     let out: Vec<Value> = rows

@@ -86,12 +86,22 @@ pub struct EventRecord {
     pub data: String,
 }
 
+/// A SKABEN device type, as persisted (its shape belongs to the core).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TypeRecord {
+    pub name: String,
+    /// JSON document.
+    pub data: String,
+}
+
 /// One write of a unit.
 #[derive(Debug, Clone)]
 pub enum Write {
     Device(DeviceRecord),
     Message(MessageRecord),
     Event(EventRecord),
+    /// Insert or replace a device type.
+    DeviceType(TypeRecord),
 }
 
 /// A stored message, read back.
@@ -137,6 +147,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every device with its newest message, for the core's table at start-up.
     fn load_devices(&self) -> StoreFuture<'_, Vec<LoadedDevice>>;
+
+    /// Every device type.
+    fn load_types(&self) -> StoreFuture<'_, Vec<TypeRecord>>;
 
     /// The newest `limit` messages of a device, newest first.
     fn messages(&self, device: String, limit: u32) -> StoreFuture<'_, Vec<StoredMessage>>;

@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     Commit, DeviceRecord, EventFilter, EventRecord, LoadedDevice, MessageRecord, Store, StoreError,
-    StoreFuture, StoreResult, StoredEvent, StoredMessage, Write,
+    StoreFuture, StoreResult, StoredEvent, StoredMessage, TypeRecord, Write,
 };
 
 /// Most units in one transaction; more wait for the next one.
@@ -93,6 +93,11 @@ const SCHEMA: &[&str] = &[
     );
     CREATE INDEX events_by_device ON events (device, seq);
     CREATE INDEX events_by_kind ON events (kind, seq);",
+    // version 2: SKABEN device types
+    "CREATE TABLE device_types (
+        name TEXT PRIMARY KEY,
+        data TEXT NOT NULL
+    ) WITHOUT ROWID;",
 ];
 
 fn db_err(e: rusqlite::Error) -> StoreError {
@@ -344,6 +349,12 @@ impl Writer {
                     "INSERT INTO events (at, device, kind, actor, data) VALUES (?1, ?2, ?3, ?4, ?5)",
                 )
                 .map_err(db_err)?;
+            let mut ty = tx
+                .prepare_cached(
+                    "INSERT INTO device_types (name, data) VALUES (?1, ?2)
+                     ON CONFLICT (name) DO UPDATE SET data = excluded.data",
+                )
+                .map_err(db_err)?;
             let heads = lock_heads(&self.heads);
             for unit in units {
                 for w in unit {
@@ -379,6 +390,7 @@ impl Writer {
                         Write::Event(e) => ev
                             .execute(params![e.at, e.device, e.kind, e.actor, e.data])
                             .map(drop),
+                        Write::DeviceType(t) => ty.execute(params![t.name, t.data]).map(drop),
                     }
                     .map_err(db_err)?;
                 }
@@ -520,6 +532,23 @@ impl Store for SqliteStore {
                 });
             }
             Ok(out)
+        }))
+    }
+
+    fn load_types(&self) -> StoreFuture<'_, Vec<TypeRecord>> {
+        Box::pin(self.read(move |conn| {
+            let mut stmt = conn
+                .prepare("SELECT name, data FROM device_types ORDER BY name")
+                .map_err(db_err)?;
+            stmt.query_map([], |r| {
+                Ok(TypeRecord {
+                    name: r.get(0)?,
+                    data: r.get(1)?,
+                })
+            })
+            .map_err(db_err)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(db_err)
         }))
     }
 

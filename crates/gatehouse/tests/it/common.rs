@@ -6,6 +6,7 @@ use std::time::Duration;
 use acon::{Answer, Decoder};
 use gatehouse::core::{CoreConfig, UnknownPolicy};
 use gatehouse::gateway::acon::AconLimits;
+use gatehouse::gateway::mqtt::MqttSettings;
 use gatehouse::server::{Running, Settings, start};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -26,6 +27,8 @@ pub fn settings(dir: &std::path::Path) -> Settings {
             unknown_devices: UnknownPolicy::Register,
             presence_timeout_ms: 300_000,
             code_length: 4,
+            ping_interval_ms: 10_000,
+            skaben_keepalive_ms: 60_000,
         },
         acon: AconLimits {
             max_frame: 64 * 1024,
@@ -33,6 +36,9 @@ pub fn settings(dir: &std::path::Path) -> Settings {
             idle_timeout: Duration::from_secs(60),
             frame_timeout: Duration::from_secs(10),
             max_bad_frames: 10,
+        },
+        mqtt: MqttSettings::Embedded {
+            listen: "127.0.0.1:0".into(),
         },
     }
 }
@@ -194,5 +200,305 @@ impl Board {
 pub fn msg(id: &str, send: u64, extra: &str) -> String {
     format!(
         "ACon_V1.0\nID={id}\nSEND={send}\nRESET=0\nSTATE=0\nCOLS=4\nROWS=2\nACT_CON=1111,1111\n{extra}CLOSE\n"
+    )
+}
+
+/// Which broker a SKABEN test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Broker {
+    /// The broker embedded in `gatehouse serve`.
+    Embedded,
+    /// A Mosquitto process the test starts (the binary comes from `.ci/run`).
+    Mosquitto,
+}
+
+/// A Mosquitto broker on a port of its own, started and stopped by the test.
+pub struct Mosquitto {
+    child: Option<std::process::Child>,
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Mosquitto {
+    pub async fn start() -> Mosquitto {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut m = Mosquitto {
+            child: None,
+            port,
+            dir: tempfile::tempdir().unwrap(),
+        };
+        m.spawn().await;
+        m
+    }
+
+    async fn spawn(&mut self) {
+        let conf = self.dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest none\n",
+                self.port
+            ),
+        )
+        .unwrap();
+        let child = std::process::Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot run mosquitto ({e}); install it: apt-get install -y mosquitto (.ci/run does)")
+            });
+        self.child = Some(child);
+        for _ in 0..200 {
+            if TcpStream::connect(("127.0.0.1", self.port)).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("mosquitto did not start listening on port {}", self.port);
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub async fn restart(&mut self) {
+        self.stop();
+        self.spawn().await;
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A SKABEN test bench: a server, its broker, and MQTT props.
+pub struct Bench {
+    pub server: Server,
+    pub mosquitto: Option<Mosquitto>,
+    pub mqtt_port: u16,
+}
+
+impl Bench {
+    pub async fn start(broker: Broker) -> Bench {
+        Self::start_with(broker, |_| {}).await
+    }
+
+    pub async fn start_with(broker: Broker, f: impl FnOnce(&mut Settings)) -> Bench {
+        let mosquitto = match broker {
+            Broker::Embedded => None,
+            Broker::Mosquitto => Some(Mosquitto::start().await),
+        };
+        let url = mosquitto.as_ref().map(Mosquitto::url);
+        let server = Server::start_with(|s| {
+            // No PING unless a test asks for it: pings would interleave with what it checks.
+            s.core.ping_interval_ms = 3_600_000;
+            if let Some(url) = url {
+                s.mqtt = MqttSettings::External { url };
+            }
+            f(s)
+        })
+        .await;
+        let mqtt_port = match &mosquitto {
+            Some(m) => m.port,
+            None => server.running().mqtt_addr.expect("embedded broker").port(),
+        };
+        let b = Bench {
+            server,
+            mosquitto,
+            mqtt_port,
+        };
+        b.wait_gateway_connected().await;
+        b
+    }
+
+    /// Waits until the server's MQTT client is subscribed (a CUP request gets an answer).
+    pub async fn wait_gateway_connected(&self) {
+        let mut probe = Prop::connect(self.mqtt_port, "probe", &["box/all/cup"]).await;
+        for _ in 0..100 {
+            probe.publish("ask/box/all/cup", r#"{"timestamp":1}"#).await;
+            if probe.try_recv(Duration::from_millis(200)).await.is_some() {
+                return;
+            }
+        }
+        panic!("the server's MQTT client never answered");
+    }
+
+    pub async fn prop(&self, name: &str, subs: &[&str]) -> Prop {
+        Prop::connect(self.mqtt_port, name, subs).await
+    }
+
+    /// Polls `GET path` until `pred` holds (10 s at most) and returns the last body.
+    pub async fn until(&self, path: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let mut last = Value::Null;
+        for _ in 0..500 {
+            let (status, v) = self.server.get(path).await;
+            if status == 200 && pred(&v) {
+                return v;
+            }
+            last = v;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("GET {path} never matched; last: {last:#}");
+    }
+
+    /// Events of a device, oldest first, waiting until one of `kind` is there.
+    pub async fn until_event(&self, device: &str, kind: &str) -> Vec<Value> {
+        let path = format!("/api/events?device={device}&limit=1000");
+        let v = self
+            .until(&path, |v| {
+                v.as_array()
+                    .is_some_and(|a| a.iter().any(|e| e["kind"] == kind))
+            })
+            .await;
+        let mut all = v.as_array().cloned().unwrap_or_default();
+        all.reverse();
+        all
+    }
+}
+
+/// An MQTT prop (or a probe): a real rumqttc client.
+pub struct Prop {
+    pub client: rumqttc::AsyncClient,
+    rx: tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>)>,
+    connects: tokio::sync::watch::Receiver<u32>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Prop {
+    pub async fn connect(port: u16, name: &str, subs: &[&str]) -> Prop {
+        use rumqttc::{Event, MqttOptions, Packet, QoS};
+        let id = format!("test-{name}-{}", rand_suffix());
+        let mut opts = MqttOptions::new(id, "127.0.0.1", port);
+        opts.set_keep_alive(Duration::from_secs(30));
+        opts.set_max_packet_size(256 * 1024, 256 * 1024);
+        let (client, mut ev) = rumqttc::AsyncClient::new(opts, 1000);
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (ctx, connects) = tokio::sync::watch::channel(0u32);
+        let subs: Vec<String> = subs.iter().map(|s| s.to_string()).collect();
+        let c2 = client.clone();
+        let task = tokio::spawn(async move {
+            let mut pending_subs = 0usize;
+            loop {
+                match ev.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        pending_subs = subs.len();
+                        for s in &subs {
+                            let _ = c2.try_subscribe(s.clone(), QoS::AtLeastOnce);
+                        }
+                        if subs.is_empty() {
+                            ctx.send_modify(|n| *n += 1);
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        pending_subs = pending_subs.saturating_sub(1);
+                        if pending_subs == 0 {
+                            ctx.send_modify(|n| *n += 1);
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let _ = tx.send((p.topic.clone(), p.payload.to_vec()));
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+        let mut p = Prop {
+            client,
+            rx,
+            connects,
+            task,
+        };
+        p.wait_connects(1).await;
+        p
+    }
+
+    /// Waits until the prop has connected (and subscribed) `n` times in all.
+    pub async fn wait_connects(&mut self, n: u32) {
+        tokio::time::timeout(Duration::from_secs(15), self.connects.wait_for(|&c| c >= n))
+            .await
+            .expect("prop (re)connected in time")
+            .unwrap();
+    }
+
+    pub async fn publish(&self, topic: &str, payload: &str) {
+        self.client
+            .publish(
+                topic,
+                rumqttc::QoS::AtLeastOnce,
+                false,
+                payload.as_bytes().to_vec(),
+            )
+            .await
+            .unwrap();
+    }
+
+    pub async fn send(&self, topic: &str, payload: Value) {
+        self.publish(topic, &payload.to_string()).await
+    }
+
+    pub async fn try_recv(&mut self, wait: Duration) -> Option<(String, Value)> {
+        let (t, p) = tokio::time::timeout(wait, self.rx.recv()).await.ok()??;
+        let v = serde_json::from_slice(&p)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&p).into_owned()));
+        Some((t, v))
+    }
+
+    /// The next packet on `topic` (others are skipped), within 10 s.
+    pub async fn recv_on(&mut self, topic: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.try_recv(left).await {
+                Some((t, v)) if t == topic => return v,
+                Some(_) => continue,
+                None => panic!("nothing on {topic} within 10 s"),
+            }
+        }
+    }
+
+    /// Asserts nothing arrives on `topic` within `wait`.
+    pub async fn nothing_on(&mut self, topic: &str, wait: Duration) {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.try_recv(left).await {
+                Some((t, v)) if t == topic => panic!("unexpected packet on {topic}: {v}"),
+                Some(_) => continue,
+                None => return,
+            }
+        }
+    }
+
+    pub async fn disconnect(self) {
+        let _ = self.client.disconnect().await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        self.task.abort();
+    }
+}
+
+fn rand_suffix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
     )
 }

@@ -37,6 +37,14 @@ fn help_shows_every_setting_with_its_environment_variable_and_default() {
             "300",
         ),
         ("--code-length", "GATEHOUSE_CODE_LENGTH", "4"),
+        ("--mqtt-listen", "GATEHOUSE_MQTT_LISTEN", "0.0.0.0:1883"),
+        ("--mqtt-url", "GATEHOUSE_MQTT_URL", ""),
+        ("--ping-interval-secs", "GATEHOUSE_PING_INTERVAL_SECS", "10"),
+        (
+            "--skaben-keepalive-secs",
+            "GATEHOUSE_SKABEN_KEEPALIVE_SECS",
+            "60",
+        ),
         ("--acon-max-frame", "GATEHOUSE_ACON_MAX_FRAME", "65536"),
         (
             "--acon-max-connections",
@@ -73,6 +81,8 @@ fn a_port_in_use_stops_start_up_naming_the_setting() {
             &port,
             "--http-listen",
             "127.0.0.1:0",
+            "--mqtt-listen",
+            "127.0.0.1:0",
         ],
         &[],
     );
@@ -90,12 +100,52 @@ fn a_port_in_use_stops_start_up_naming_the_setting() {
             "127.0.0.1:0",
             "--http-listen",
             &port,
+            "--mqtt-listen",
+            "127.0.0.1:0",
         ],
         &[],
     );
     assert!(!ok);
     assert!(
         err.contains("--http-listen") && err.contains(&port),
+        "{err}"
+    );
+    // The MQTT port: the message names both ways out.
+    let (ok, _, err) = gatehouse(
+        &[
+            "serve",
+            "--data-dir",
+            data,
+            "--acon-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--mqtt-listen",
+            &port,
+        ],
+        &[],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("--mqtt-listen") && err.contains("--mqtt-url") && err.contains(&port),
+        "{err}"
+    );
+    // Both a broker to run and one to use: refused.
+    let (ok, _, err) = gatehouse(
+        &[
+            "serve",
+            "--data-dir",
+            data,
+            "--mqtt-listen",
+            "127.0.0.1:0",
+            "--mqtt-url",
+            "mqtt://127.0.0.1:1883",
+        ],
+        &[],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("--mqtt-url") && err.contains("--mqtt-listen"),
         "{err}"
     );
 }
@@ -115,7 +165,7 @@ fn flags_beat_environment_beats_file_beats_defaults() {
     std::fs::write(
         &file,
         format!(
-            "acon_listen = \"{}\"\nhttp-listen = \"127.0.0.1:0\"\ncode_length = 6\n",
+            "acon_listen = \"{}\"\nhttp-listen = \"127.0.0.1:0\"\nmqtt_listen = \"127.0.0.1:0\"\ncode_length = 6\n",
             ports[0]
         ),
     )

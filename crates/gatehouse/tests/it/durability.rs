@@ -19,6 +19,8 @@ pub fn local_args<'a>(data: &'a str, token: Option<&'a str>) -> Vec<&'a str> {
         "127.0.0.1:0",
         "--http-listen",
         "127.0.0.1:0",
+        "--mqtt-listen",
+        "127.0.0.1:0",
     ];
     if let Some(t) = token {
         args.extend(["--admin-token", t]);

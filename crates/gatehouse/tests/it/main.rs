@@ -4,5 +4,6 @@ mod api;
 mod common;
 mod config;
 mod durability;
+mod skaben;
 mod tools;
 mod vectors;

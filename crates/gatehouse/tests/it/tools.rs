@@ -58,3 +58,102 @@ async fn the_load_generator_sees_every_send_echoed_by_the_real_server() {
     let (_, list) = s.get("/api/devices").await;
     assert_eq!(list.as_array().unwrap().len(), 8);
 }
+
+#[derive(clap::Parser)]
+struct SimArgs {
+    #[command(flatten)]
+    a: gatehouse_tools::simulate_skaben::SimulateSkabenArgs,
+}
+
+#[derive(clap::Parser)]
+struct BenchArgs {
+    #[command(flatten)]
+    a: gatehouse_tools::bench_skaben::BenchSkabenArgs,
+}
+
+/// Virtual props of both profiles take the server's configs, answer pings, ACK, and their
+/// INFOs reach the event log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulated_props_get_their_configs_in_sync() {
+    use clap::Parser as _;
+    let b = crate::common::Bench::start_with(crate::common::Broker::Embedded, |s| {
+        s.core.ping_interval_ms = 300
+    })
+    .await;
+    let mqtt = format!("127.0.0.1:{}", b.mqtt_port);
+    for (profile, prefix) in [("reference", "5ca1a0"), ("standard", "5ca1b0")] {
+        let args = SimArgs::try_parse_from([
+            "sim",
+            "--mqtt",
+            &mqtt,
+            "--devices",
+            "10",
+            "--types",
+            "lock,rgb",
+            "--profile",
+            profile,
+            "--info-every",
+            "0.5",
+            "--id-prefix",
+            prefix,
+        ])
+        .unwrap()
+        .a;
+        let sim = gatehouse_tools::simulate_skaben::Simulation::start(&args)
+            .await
+            .unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(10), sim.all_connected())
+            .await
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+        let r = sim.stop().await.unwrap();
+        assert_eq!((r.in_sync, r.differs), (10, 0), "{profile}: {r}");
+        assert!(
+            r.pings_answered >= 10 && r.acks_sent >= 5 && r.infos_sent > 0,
+            "{r}"
+        );
+    }
+    let locks = b
+        .until("/api/devices?kind=lock", |v| {
+            v.as_array().is_some_and(|a| a.len() == 10)
+        })
+        .await;
+    let id = locks[0]["id"].as_str().unwrap();
+    let dev = b
+        .until(&format!("/api/devices/lock/{id}"), |v| v["in_sync"] == true)
+        .await;
+    assert_eq!(dev["online"], true);
+    b.until_event(&format!("lock/{id}"), "info").await;
+}
+
+/// `bench skaben` measures round trips through the server and the broker's own rate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_skaben_measures_the_server_and_the_broker() {
+    use clap::Parser as _;
+    let b = crate::common::Bench::start(crate::common::Broker::Embedded).await;
+    let mqtt = format!("127.0.0.1:{}", b.mqtt_port);
+    let args = BenchArgs::try_parse_from([
+        "bench",
+        "--mqtt",
+        &mqtt,
+        "--devices",
+        "10",
+        "--duration",
+        "1.5",
+        "--warmup",
+        "0.3",
+    ])
+    .unwrap()
+    .a;
+    let r = gatehouse_tools::bench_skaben::measure(&args).await.unwrap();
+    let s = r.server.as_ref().unwrap();
+    assert!(s.round_trips > 100, "{r}");
+    assert_eq!((s.timeouts, s.errors), (0, 0), "{r}");
+    assert!(r.broker.as_ref().unwrap().round_trips > 100, "{r}");
+    let msgs = b
+        .until("/api/devices?kind=lock", |v| {
+            v.as_array().is_some_and(|a| a.len() == 10)
+        })
+        .await;
+    assert_eq!(msgs.as_array().unwrap().len(), 10);
+}

@@ -1,0 +1,283 @@
+//! The embedded MQTT broker: mqtt5 0.49 (pinned, see `docs/decisions/mqtt-broker.md`) run
+//! inside `gatehouse serve`, so that a venue needs no separate broker.
+//!
+//! This module is the only place that knows mqtt5; replacing it (rmqtt is the fallback) means
+//! rewriting this file only. The gateway's client connects to this broker over loopback exactly
+//! as it would to an external one (see [`super::mqtt`]).
+//!
+//! Invariants:
+//! - [`EmbeddedBroker::start`] returns only once the listener is bound and the broker accepts
+//!   connections; a bind failure (port in use, bad address) is an error naming the setting and
+//!   the ways out, never a log line.
+//! - Exactly the given address is bound (the first one it resolves to), never mqtt5's default
+//!   `0.0.0.0:1883` plus `[::]:1883`.
+//! - Nothing is written to disk (mqtt5's default persistence would create `./mqtt_storage`),
+//!   no `$SYS` topics are published, packets are limited to [`MAX_PACKET_SIZE`].
+//! - Connection limits are high enough for 10 000+ devices behind one address (one NAT, one
+//!   load generator) to connect at once; no per-client message-rate or bandwidth limits.
+//! - After [`EmbeddedBroker::shutdown`] returns, the port is free again (the broker can be
+//!   started again on the same address).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mqtt5::broker::{
+    BrokerConfig, BrokerShutdownHandle, MqttBroker, ResourceLimits, StorageBackendType,
+    StorageConfig,
+};
+use tokio::task::JoinHandle;
+use tracing::{debug, error, info, warn};
+
+/// The largest MQTT packet the broker accepts or sends (SKABEN configs are a few KiB).
+pub const MAX_PACKET_SIZE: usize = 256 * 1024;
+
+/// Concurrent connections, in total and from one IP address.
+const MAX_CONNECTIONS: usize = 100_000;
+/// New connections accepted per second (all of a venue reconnecting after a power cut).
+const MAX_CONNECTION_RATE: u32 = 100_000;
+/// How long `shutdown` waits for mqtt5's graceful stop (it gives connections 5 s) before it
+/// aborts the broker's task.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(7);
+/// How long `shutdown` waits for the port to become free after the broker stopped.
+const PORT_FREE_WAIT: Duration = Duration::from_secs(2);
+
+/// The setting that chooses the embedded broker's address, as the operator knows it.
+const LISTEN_SETTING: &str = "--mqtt-listen / GATEHOUSE_MQTT_LISTEN";
+
+/// Why the embedded broker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The address is not `HOST:PORT`, or the host does not resolve.
+    #[error(
+        "{LISTEN_SETTING}: cannot use {listen:?} as the embedded MQTT broker's address ({reason}); expected HOST:PORT, e.g. 0.0.0.0:1883"
+    )]
+    Address { listen: String, reason: String },
+    /// Something already listens there.
+    #[error(
+        "{LISTEN_SETTING}: {addr} is already in use (another MQTT broker?); choose another address with --mqtt-listen, or use the broker already running there with --mqtt-url mqtt://HOST:PORT"
+    )]
+    AddrInUse { addr: SocketAddr },
+    /// The address cannot be bound for another reason (not a local address, a privileged
+    /// port, ...).
+    #[error(
+        "{LISTEN_SETTING}: cannot listen on {addr}: {reason}; choose another address with --mqtt-listen (a port above 1023 on an address of this machine), or use an external broker with --mqtt-url"
+    )]
+    Bind { addr: SocketAddr, reason: String },
+    /// mqtt5 refused to start for a reason of its own.
+    #[error("the embedded MQTT broker did not start on {addr}: {reason}")]
+    Start { addr: SocketAddr, reason: String },
+}
+
+/// The embedded broker, running in its own task until [`EmbeddedBroker::shutdown`] (or drop,
+/// which signals the same graceful stop without waiting for it).
+pub struct EmbeddedBroker {
+    local_addr: SocketAddr,
+    /// Hands devices' publishes to the core in-process (see `gateway::inproc`).
+    hook: Arc<crate::gateway::inproc::InboundHook>,
+    router: Arc<mqtt5::broker::router::MessageRouter>,
+    stop: BrokerShutdownHandle,
+    task: Option<JoinHandle<Result<(), String>>>,
+}
+
+impl std::fmt::Debug for EmbeddedBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedBroker")
+            .field("local_addr", &self.local_addr)
+            .field("running", &self.task.is_some())
+            .finish()
+    }
+}
+
+impl EmbeddedBroker {
+    /// Binds `listen` (`HOST:PORT`; port 0 = any free port, see [`Self::local_addr`]) and
+    /// starts accepting MQTT 3.1.1 and 5 clients. Returns once the broker accepts connections.
+    pub async fn start(listen: &str) -> Result<EmbeddedBroker, BrokerError> {
+        let addr = resolve(listen).await?;
+        let hook = Arc::new(crate::gateway::inproc::InboundHook::default());
+        let cfg = config(addr).with_event_handler(hook.clone());
+        let broker = match MqttBroker::with_config(cfg).await {
+            Ok(broker) => broker,
+            Err(e) => return Err(classify_start_error(addr, e.to_string())),
+        };
+        let Some(local_addr) = broker.local_addr() else {
+            return Err(BrokerError::Start {
+                addr,
+                reason: "the broker reports no bound listener".to_string(),
+            });
+        };
+        // mqtt5 0.49 hard-codes 10 000 connections per IP and 10 000 new connections per
+        // second in the monitor it builds; the monitor takes new limits before `run`.
+        broker.resource_monitor().update_limits(ResourceLimits {
+            max_connections: MAX_CONNECTIONS,
+            max_connections_per_ip: MAX_CONNECTIONS,
+            max_message_rate_per_client: 0,
+            max_bandwidth_per_client: 0,
+            max_connection_rate: MAX_CONNECTION_RATE,
+            rate_limit_window: Duration::from_secs(1),
+        });
+        let stop = broker.shutdown_handle();
+        let router = broker.router();
+        let mut ready = broker.ready_receiver();
+        let mut task = tokio::spawn(async move {
+            let mut broker = broker;
+            broker.run().await.map_err(|e| e.to_string())
+        });
+        // `ready` turns true once the accept loop runs; if `run` fails first, the broker (and
+        // the sender with it) is dropped and `wait_for` returns an error.
+        if ready.wait_for(|&r| r).await.is_err() {
+            let reason = match (&mut task).await {
+                Ok(Err(e)) => e,
+                Ok(Ok(())) => "the broker stopped during start-up".to_string(),
+                Err(e) => format!("the broker's task failed: {e}"),
+            };
+            return Err(BrokerError::Start { addr, reason });
+        }
+        info!(addr = %local_addr, "embedded MQTT broker listening");
+        Ok(EmbeddedBroker {
+            local_addr,
+            hook,
+            router,
+            stop,
+            task: Some(task),
+        })
+    }
+
+    /// The core's connection to this broker without a socket: devices' publishes reach the
+    /// handler from the broker's own tasks, and the bus routes publishes straight to the
+    /// subscribers. Used by `serve`; the loopback client ([`crate::gateway::mqtt::connect`])
+    /// works too and is what an external broker gets.
+    pub fn in_process(
+        &self,
+    ) -> (
+        crate::gateway::inproc::InProcessBus,
+        crate::gateway::inproc::InProcessConnection,
+    ) {
+        crate::gateway::inproc::new(self.hook.clone(), self.router.clone())
+    }
+
+    /// The address the broker is bound to (with the real port when started on port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops the broker: closes the listener, disconnects every client (MQTT 5 clients get a
+    /// "server shutting down" DISCONNECT) and returns once the port is free again.
+    pub async fn shutdown(mut self) {
+        self.stop.shutdown();
+        if let Some(mut task) = self.task.take() {
+            match tokio::time::timeout(SHUTDOWN_WAIT, &mut task).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => warn!(error = %e, "embedded MQTT broker stopped with an error"),
+                Ok(Err(e)) => warn!(error = %e, "embedded MQTT broker task failed"),
+                Err(_) => {
+                    warn!(
+                        "embedded MQTT broker did not stop within {SHUTDOWN_WAIT:?}; aborting it"
+                    );
+                    task.abort();
+                    let _ = task.await;
+                }
+            }
+        }
+        // mqtt5 joins its accept tasks (which own the listeners) before `run` returns; check
+        // anyway, so that a restart on the same address cannot race a listener being dropped.
+        wait_port_free(self.local_addr).await;
+        info!(addr = %self.local_addr, "embedded MQTT broker stopped");
+    }
+}
+
+impl Drop for EmbeddedBroker {
+    fn drop(&mut self) {
+        if self.task.is_some() {
+            // Dropped without `shutdown`: start the graceful stop, don't wait for it.
+            self.stop.shutdown();
+        }
+    }
+}
+
+/// The broker's settings: everything mqtt5 would otherwise default to something unfit.
+fn config(addr: SocketAddr) -> BrokerConfig {
+    let storage = StorageConfig {
+        // The default (file persistence in ./mqtt_storage) writes wherever the server was
+        // started. Sessions live in memory only; the SKABEN clients use clean sessions.
+        enable_persistence: false,
+        backend: StorageBackendType::Memory,
+        ..StorageConfig::default()
+    };
+    let mut config = BrokerConfig::default()
+        .with_bind_address(addr)
+        .with_max_clients(MAX_CONNECTIONS)
+        .with_max_packet_size(MAX_PACKET_SIZE)
+        .with_sys_topics_enabled(false)
+        .with_storage(storage);
+    config.max_message_rate_per_client = 0;
+    config.max_bandwidth_per_client = 0;
+    config.max_outbound_rate_per_client = 0;
+    // Anonymous access, so no authentication ever fails: the failed-login lock-out (per IP,
+    // 5 attempts) has nothing to protect and would lock a whole NAT out once credentials come.
+    config.auth_config.allow_anonymous = true;
+    config.auth_config.rate_limit.enabled = false;
+    config
+}
+
+/// `HOST:PORT` → the first address it resolves to.
+async fn resolve(listen: &str) -> Result<SocketAddr, BrokerError> {
+    let err = |reason: String| BrokerError::Address {
+        listen: listen.to_string(),
+        reason,
+    };
+    let mut addrs = tokio::net::lookup_host(listen)
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    addrs
+        .next()
+        .ok_or_else(|| err("it resolves to no address".to_string()))
+}
+
+/// mqtt5 reports bind failures as text; bind the address once more to learn what went wrong.
+fn classify_start_error(addr: SocketAddr, mqtt5_error: String) -> BrokerError {
+    match std::net::TcpListener::bind(addr) {
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => BrokerError::AddrInUse { addr },
+        Err(e) => BrokerError::Bind {
+            addr,
+            reason: e.to_string(),
+        },
+        Ok(probe) => {
+            drop(probe);
+            if mqtt5_error.contains("address already in use") {
+                // Taken when mqtt5 tried, free again now.
+                BrokerError::AddrInUse { addr }
+            } else {
+                BrokerError::Start {
+                    addr,
+                    reason: mqtt5_error,
+                }
+            }
+        }
+    }
+}
+
+/// Waits (bounded) until `addr` can be bound again.
+async fn wait_port_free(addr: SocketAddr) {
+    let deadline = tokio::time::Instant::now() + PORT_FREE_WAIT;
+    loop {
+        match std::net::TcpListener::bind(addr) {
+            Ok(probe) => {
+                drop(probe);
+                return;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                if tokio::time::Instant::now() >= deadline {
+                    error!(%addr, "the embedded MQTT broker's port is still in use after shutdown");
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => {
+                // Not ours to judge (e.g. the address went away); the listener is gone.
+                debug!(%addr, error = %e, "port check after shutdown");
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! The core's connection to the embedded broker, in-process.
+//!
+//! Through a loopback MQTT client every SKABEN round trip costs the broker two more TCP
+//! writes and reads and two more acknowledgements than the devices' own traffic; on the
+//! 2-core machine that halved the round-trip rate (see `docs/benchmarks.md`). In-process, the
+//! broker hands each publish to [`InboundHook`] from the publishing client's task (so one
+//! device's packets stay in order), and [`InProcessBus`] routes the core's publishes with the
+//! broker's router, at the QoS asked, to whoever subscribes.
+//!
+//! Invariants: the same [`PacketHandler`] and [`Bus`] contracts as the MQTT client (the core
+//! cannot tell them apart); publishes are routed in the order they were made; a publish that
+//! cannot be queued is counted and reported `false`, like the client's.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use mqtt5::broker::events::{BrokerEventHandler, ClientPublishEvent, PublishAction};
+use mqtt5::broker::router::MessageRouter;
+use mqtt5::packet::publish::PublishPacket;
+use tokio::sync::{mpsc, watch};
+use tracing::warn;
+
+use crate::bus::{Bus, PacketHandler, Qos};
+
+/// Publishes queued for the router before `publish` reports failure.
+const QUEUE: usize = 100_000;
+
+/// The broker's publish hook: devices' `ask/...` packets go to the core.
+#[derive(Default)]
+pub struct InboundHook {
+    handler: OnceLock<Arc<dyn PacketHandler>>,
+}
+
+impl BrokerEventHandler for InboundHook {
+    fn on_client_publish<'a>(
+        &'a self,
+        event: ClientPublishEvent,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = PublishAction> + Send + 'a>> {
+        if let Some(h) = self.handler.get()
+            && event
+                .topic
+                .get(..4)
+                .is_some_and(|p| p.eq_ignore_ascii_case("ask/"))
+        {
+            h.packet(&event.topic, &event.payload);
+        }
+        // Still routed: a monitoring client subscribed to `ask/#` sees the packets too.
+        Box::pin(async { PublishAction::Continue })
+    }
+}
+
+/// The core's bus into the embedded broker.
+#[derive(Clone)]
+pub struct InProcessBus {
+    tx: mpsc::Sender<(String, Vec<u8>, Qos)>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl InProcessBus {
+    /// Publishes that could not be queued since start.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+impl Bus for InProcessBus {
+    fn publish(&self, topic: String, payload: Vec<u8>, qos: Qos) -> bool {
+        match self.tx.try_send((topic, payload, qos)) {
+            Ok(()) => true,
+            Err(e) => {
+                let n = self.dropped.fetch_add(1, Ordering::Relaxed);
+                if n.is_power_of_two() {
+                    warn!(dropped = n + 1, error = %e, "publish to the embedded broker not queued");
+                }
+                false
+            }
+        }
+    }
+}
+
+/// Routes the bus's publishes; spawn [`InProcessConnection::run`].
+pub struct InProcessConnection {
+    rx: mpsc::Receiver<(String, Vec<u8>, Qos)>,
+    hook: Arc<InboundHook>,
+    router: Arc<MessageRouter>,
+}
+
+pub(crate) fn new(
+    hook: Arc<InboundHook>,
+    router: Arc<MessageRouter>,
+) -> (InProcessBus, InProcessConnection) {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    (
+        InProcessBus {
+            tx,
+            dropped: Arc::new(AtomicU64::new(0)),
+        },
+        InProcessConnection { rx, hook, router },
+    )
+}
+
+impl InProcessConnection {
+    /// Installs `handler` as the receiver of devices' packets, tells it it is connected, and
+    /// routes publishes until `shutdown`; then routes what is still queued and returns.
+    pub async fn run(
+        mut self,
+        handler: Arc<dyn PacketHandler>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        if self.hook.handler.set(handler.clone()).is_err() {
+            warn!("the embedded broker's packet handler was already set; keeping the first");
+        }
+        handler.connected();
+        loop {
+            let next = tokio::select! {
+                biased;
+                m = self.rx.recv() => m,
+                _ = shutdown.wait_for(|&s| s) => break,
+            };
+            let Some((topic, payload, qos)) = next else {
+                return;
+            };
+            self.route(topic, payload, qos).await;
+        }
+        self.rx.close();
+        while let Some((topic, payload, qos)) = self.rx.recv().await {
+            self.route(topic, payload, qos).await;
+        }
+    }
+
+    async fn route(&self, topic: String, payload: Vec<u8>, qos: Qos) {
+        let qos = match qos {
+            Qos::AtMostOnce => mqtt5::QoS::AtMostOnce,
+            Qos::AtLeastOnce => mqtt5::QoS::AtLeastOnce,
+        };
+        let packet = PublishPacket::new(topic, payload, qos);
+        self.router.route_message(&packet, None).await;
+    }
+}
