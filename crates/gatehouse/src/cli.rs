@@ -188,7 +188,7 @@ pub struct ServeArgs {
     #[arg(
         long,
         env = "GATEHOUSE_LOG",
-        default_value = "info,mqtt5=warn",
+        default_value = "info,mqtt5=error",
         value_name = "FILTER"
     )]
     pub log: String,

@@ -872,7 +872,7 @@ impl Hub {
             parsed: parsed.to_string(),
             answer,
         }));
-        drop(self.submit(unit));
+        self.store.submit_background(unit.writes);
     }
 
     /// A packet from `ask/<type>/all/<command>`: a small device speaking for its type.
@@ -1022,7 +1022,7 @@ impl Hub {
             "device",
             json!({"reason": reason, "topic": topic, "raw": clip(raw), "raw_len": raw.len(), "truncated": raw.len() > KEEP_RAW}),
         );
-        drop(self.submit(unit));
+        self.store.submit_background(unit.writes);
     }
 
     /// Marks a known device seen (a malformed packet is still a sign of life).
@@ -1046,7 +1046,7 @@ impl Hub {
             unit.writes.push(Write::Device(
                 dev.record(types.get(&dev.ty).map(|t| &t.def)),
             ));
-            drop(self.submit(unit));
+            self.store.submit_background(unit.writes);
         }
     }
 
@@ -1116,7 +1116,7 @@ impl Hub {
             }
         }
         if n > 0 {
-            drop(self.submit(unit));
+            self.store.submit_background(unit.writes);
         }
         n
     }
@@ -1152,7 +1152,7 @@ impl Hub {
                 );
             }
         }
-        drop(self.submit(unit));
+        self.store.submit_background(unit.writes);
         due.len()
     }
 
@@ -1174,7 +1174,7 @@ impl Hub {
             n += 1;
         }
         if n > 0 {
-            drop(self.submit(unit));
+            self.store.submit_background(unit.writes);
         }
         n
     }

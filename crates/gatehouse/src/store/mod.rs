@@ -145,6 +145,13 @@ pub trait Store: Send + Sync + 'static {
     /// returned [`Commit`] resolves once the unit is durable. Never blocks.
     fn submit(&self, writes: Vec<Write>) -> Commit;
 
+    /// Queues a unit nobody waits for (the record of a packet that needs no answer once
+    /// durable). Same order and durability as [`Store::submit`]; the store may hold it a few
+    /// milliseconds to commit it with others.
+    fn submit_background(&self, writes: Vec<Write>) {
+        drop(self.submit(writes));
+    }
+
     /// Every device with its newest message, for the core's table at start-up.
     fn load_devices(&self) -> StoreFuture<'_, Vec<LoadedDevice>>;
 

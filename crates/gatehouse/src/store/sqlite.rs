@@ -32,6 +32,9 @@ use super::{
 /// Most units in one transaction; more wait for the next one.
 const MAX_BATCH: usize = 4096;
 
+/// How long a batch of units nobody waits for may wait for company (see `Writer::run`).
+const GATHER: Duration = Duration::from_millis(2);
+
 /// A commit slower than this is logged: every answer in the batch waited for it.
 const SLOW_COMMIT: Duration = Duration::from_millis(100);
 
@@ -105,7 +108,8 @@ fn db_err(e: rusqlite::Error) -> StoreError {
 }
 
 enum Request {
-    Unit(Vec<Write>, oneshot::Sender<StoreResult<()>>),
+    /// A unit of writes; `urgent` when somebody waits for its commit to answer.
+    Unit(Vec<Write>, oneshot::Sender<StoreResult<()>>, bool),
     Close(oneshot::Sender<StoreResult<()>>),
 }
 
@@ -252,25 +256,44 @@ impl Writer {
                 break;
             };
             let mut next = Some(first);
-            while let Some(req) = next.take() {
-                match req {
-                    Request::Unit(w, done) => batch.push((w, done)),
-                    Request::Close(done) => {
-                        close = Some(done);
+            let mut urgent = false;
+            let mut gathered = false;
+            loop {
+                while let Some(req) = next.take() {
+                    match req {
+                        Request::Unit(w, done, u) => {
+                            urgent |= u;
+                            batch.push((w, done));
+                        }
+                        Request::Close(done) => {
+                            close = Some(done);
+                            break;
+                        }
+                    }
+                    if batch.len() >= MAX_BATCH {
                         break;
                     }
+                    next = rx.try_recv().ok();
                 }
-                if batch.len() >= MAX_BATCH {
+                // Nobody waits on these units (records of SKABEN packets): let a few more
+                // milliseconds' worth join the transaction. Each commit rewrites the pages it
+                // touches, so small commits cost far more CPU and disk per row.
+                if urgent || gathered || close.is_some() || batch.len() >= MAX_BATCH {
                     break;
                 }
+                gathered = true;
+                std::thread::sleep(GATHER);
                 next = rx.try_recv().ok();
+                if next.is_none() {
+                    break;
+                }
             }
             self.commit(&mut batch);
         }
         // Close: nothing new is accepted; save the heads and flush the WAL into the main file.
         rx.close();
         while let Ok(req) = rx.try_recv() {
-            if let Request::Unit(w, done) = req {
+            if let Request::Unit(w, done, _) = req {
                 batch.push((w, done));
             }
         }
@@ -480,12 +503,17 @@ fn message_at(conn: &Connection, seq: i64) -> StoreResult<Option<StoredMessage>>
 impl Store for SqliteStore {
     fn submit(&self, writes: Vec<Write>) -> Commit {
         let (done, rx) = oneshot::channel();
-        if let Err(mpsc::error::SendError(Request::Unit(_, done))) =
-            self.tx.send(Request::Unit(writes, done))
+        if let Err(mpsc::error::SendError(Request::Unit(_, done, _))) =
+            self.tx.send(Request::Unit(writes, done, true))
         {
             let _ = done.send(Err(StoreError::Closed));
         }
         Commit::new(rx)
+    }
+
+    fn submit_background(&self, writes: Vec<Write>) {
+        let (done, _rx) = oneshot::channel();
+        let _ = self.tx.send(Request::Unit(writes, done, false));
     }
 
     fn load_devices(&self) -> StoreFuture<'_, Vec<LoadedDevice>> {
