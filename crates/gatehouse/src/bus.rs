@@ -27,6 +27,13 @@ pub trait Bus: Send + Sync + 'static {
 pub trait PacketHandler: Send + Sync + 'static {
     /// One inbound publish, exactly as received (topic any case, payload any bytes).
     fn packet(&self, topic: &str, payload: &[u8]);
+    /// Like [`PacketHandler::packet`], and for a packet whose acknowledgement must mean
+    /// "recorded" (a state change: SKABEN SUP and INFO), the commit to wait for before
+    /// acknowledging it. The embedded broker sends its PUBACK only after that.
+    fn packet_durable(&self, topic: &str, payload: &[u8]) -> Option<crate::store::Commit> {
+        self.packet(topic, payload);
+        None
+    }
     /// The client is (re)connected to the broker and subscribed: packets published while it was
     /// away may be lost, so pending pushes should be re-sent.
     fn connected(&self);

@@ -197,7 +197,11 @@ const REJECTED_TRACKED: usize = 10_000;
 
 impl PacketHandler for Hub {
     fn packet(&self, topic: &str, payload: &[u8]) {
-        self.skaben_packet(topic, payload, crate::clock::now_ms());
+        drop(self.skaben_packet(topic, payload, crate::clock::now_ms()));
+    }
+
+    fn packet_durable(&self, topic: &str, payload: &[u8]) -> Option<Commit> {
+        self.skaben_packet(topic, payload, crate::clock::now_ms())
     }
 
     fn connected(&self) {

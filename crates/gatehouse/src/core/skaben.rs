@@ -25,7 +25,7 @@ use skaben::{ClientProfile, Command, Inbound, Payload, Target};
 
 use super::{CoreError, Hub, Unit, UnknownPolicy, invalid, to_json};
 use crate::bus::Qos;
-use crate::store::{DeviceRecord, MessageRecord, TypeRecord, Write};
+use crate::store::{Commit, DeviceRecord, MessageRecord, TypeRecord, Write};
 
 /// Smart devices keep a structured config and merge updates; dumb ones take the whole config.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -589,14 +589,16 @@ impl Hub {
         }
     }
 
-    /// One inbound MQTT publish. Never fails: whatever is wrong becomes an event.
-    pub fn skaben_packet(&self, topic: &str, raw: &[u8], now: i64) {
+    /// One inbound MQTT publish. Never fails: whatever is wrong becomes an event. Returns the
+    /// commit of a packet that changes state (SUP, INFO), which its acknowledgement waits for.
+    pub fn skaben_packet(&self, topic: &str, raw: &[u8], now: i64) -> Option<Commit> {
         self.stats.skaben_packets.fetch_add(1, Ordering::Relaxed);
         let inbound = match Inbound::parse(topic) {
             Ok(i) => i,
             Err(e) => {
                 let device = guess_device(topic);
-                return self.skaben_malformed(device, topic, raw, &e.to_string(), now);
+                self.skaben_malformed(device, topic, raw, &e.to_string(), now);
+                return None;
             }
         };
         let key = format!("{}/{}", inbound.device_type, inbound.target.as_str());
@@ -605,7 +607,8 @@ impl Hub {
             Err(e) => {
                 // Still a sign of life.
                 self.touch(&key, now);
-                return self.skaben_malformed(Some(key), topic, raw, &e.to_string(), now);
+                self.skaben_malformed(Some(key), topic, raw, &e.to_string(), now);
+                return None;
             }
         };
         let mut unit = Unit::new(now);
@@ -618,10 +621,8 @@ impl Hub {
                 "unknown device type {:?}; add it with PUT /api/types/{}",
                 inbound.device_type, inbound.device_type
             );
-            if let Some(c) = self.refuse_skaben(key, topic, &reason, now) {
-                drop(c);
-            }
-            return;
+            drop(self.refuse_skaben(key, topic, &reason, now));
+            return None;
         };
         let ty_def = &ty.def;
         // The payload itself is the raw column; this is what the server read from it.
@@ -629,15 +630,15 @@ impl Hub {
                             "task_id": payload.task_id, "hash": payload.hash});
         let Target::Device(id) = &inbound.target else {
             self.skaben_for_all(&inbound, &payload, ty_def, &key, now, &mut unit, &mut out);
-            self.finish(unit, key, topic, raw, parsed, out, now);
-            return;
+            let durable = inbound.command == Command::Info;
+            return self.finish(unit, key, topic, raw, parsed, out, now, durable);
         };
         let is_new = !devices.contains_key(&key);
         if is_new && self.cfg.unknown_devices == UnknownPolicy::Reject {
             drop(table);
             self.stats.skaben_rejected.fetch_add(1, Ordering::Relaxed);
-            let _ = self.refuse_skaben(key, topic, "unknown device, policy reject", now);
-            return;
+            drop(self.refuse_skaben(key, topic, "unknown device, policy reject", now));
+            return None;
         }
         let dev = devices.entry(key.clone()).or_insert_with(|| SkDevice {
             ty: inbound.device_type.clone(),
@@ -841,8 +842,10 @@ impl Hub {
         if dirty {
             unit.writes.push(Write::Device(dev.record(Some(ty_def))));
         }
-        self.finish(unit, key, topic, raw, parsed, out, now);
+        let durable = matches!(inbound.command, Command::Sup | Command::Info);
+        let commit = self.finish(unit, key, topic, raw, parsed, out, now, durable);
         drop(table);
+        commit
     }
 
     /// Records the inbound packet with what went out in answer, and submits the unit. Called
@@ -857,7 +860,8 @@ impl Hub {
         parsed: Value,
         out: Vec<CupOut>,
         now: i64,
-    ) {
+        durable: bool,
+    ) -> Option<Commit> {
         let answer = out
             .iter()
             .map(|c| format!("{} {}", c.topic, c.payload))
@@ -872,7 +876,12 @@ impl Hub {
             parsed: parsed.to_string(),
             answer,
         }));
-        self.store.submit_background(unit.writes);
+        if durable {
+            Some(self.submit(unit))
+        } else {
+            self.store.submit_background(unit.writes);
+            None
+        }
     }
 
     /// A packet from `ask/<type>/all/<command>`: a small device speaking for its type.

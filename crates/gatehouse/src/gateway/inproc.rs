@@ -26,9 +26,29 @@ use crate::bus::{Bus, PacketHandler, Qos};
 const QUEUE: usize = 100_000;
 
 /// The broker's publish hook: devices' `ask/...` packets go to the core.
-#[derive(Default)]
 pub struct InboundHook {
     handler: OnceLock<Arc<dyn PacketHandler>>,
+    /// Turns true once `handler` is set: packets that arrive earlier (the broker accepts
+    /// devices while the core is still loading) wait for it instead of being lost.
+    ready: watch::Sender<bool>,
+}
+
+impl Default for InboundHook {
+    fn default() -> Self {
+        InboundHook {
+            handler: OnceLock::new(),
+            ready: watch::Sender::new(false),
+        }
+    }
+}
+
+impl InboundHook {
+    fn attach(&self, handler: Arc<dyn PacketHandler>) {
+        if self.handler.set(handler).is_err() {
+            warn!("the embedded broker's packet handler was already set; keeping the first");
+        }
+        self.ready.send_replace(true);
+    }
 }
 
 impl BrokerEventHandler for InboundHook {
@@ -36,16 +56,36 @@ impl BrokerEventHandler for InboundHook {
         &'a self,
         event: ClientPublishEvent,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = PublishAction> + Send + 'a>> {
-        if let Some(h) = self.handler.get()
-            && event
+        // The broker acknowledges the publish once this resolves: a state change only when it
+        // is recorded. Still routed: a monitoring client subscribed to `ask/#` sees it too.
+        Box::pin(async move {
+            if !event
                 .topic
                 .get(..4)
                 .is_some_and(|p| p.eq_ignore_ascii_case("ask/"))
-        {
-            h.packet(&event.topic, &event.payload);
-        }
-        // Still routed: a monitoring client subscribed to `ask/#` sees the packets too.
-        Box::pin(async { PublishAction::Continue })
+            {
+                return PublishAction::Continue;
+            }
+            let handler = match self.handler.get() {
+                Some(h) => h.clone(),
+                None => {
+                    let mut ready = self.ready.subscribe();
+                    if ready.wait_for(|&r| r).await.is_err() {
+                        return PublishAction::Continue;
+                    }
+                    match self.handler.get() {
+                        Some(h) => h.clone(),
+                        None => return PublishAction::Continue,
+                    }
+                }
+            };
+            if let Some(c) = handler.packet_durable(&event.topic, &event.payload)
+                && let Err(e) = c.wait().await
+            {
+                warn!(error = %e, "a device's packet was not recorded");
+            }
+            PublishAction::Continue
+        })
     }
 }
 
@@ -107,9 +147,7 @@ impl InProcessConnection {
         handler: Arc<dyn PacketHandler>,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        if self.hook.handler.set(handler.clone()).is_err() {
-            warn!("the embedded broker's packet handler was already set; keeping the first");
-        }
+        self.hook.attach(handler.clone());
         handler.connected();
         loop {
             let next = tokio::select! {

@@ -377,6 +377,7 @@ pub struct Prop {
     pub client: rumqttc::AsyncClient,
     rx: tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>)>,
     connects: tokio::sync::watch::Receiver<u32>,
+    acks: tokio::sync::watch::Receiver<u32>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -390,6 +391,7 @@ impl Prop {
         let (client, mut ev) = rumqttc::AsyncClient::new(opts, 1000);
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let (ctx, connects) = tokio::sync::watch::channel(0u32);
+        let (atx, acks) = tokio::sync::watch::channel(0u32);
         let subs: Vec<String> = subs.iter().map(|s| s.to_string()).collect();
         let c2 = client.clone();
         let task = tokio::spawn(async move {
@@ -411,6 +413,7 @@ impl Prop {
                             ctx.send_modify(|n| *n += 1);
                         }
                     }
+                    Ok(Event::Incoming(Packet::PubAck(_))) => atx.send_modify(|n| *n += 1),
                     Ok(Event::Incoming(Packet::Publish(p))) => {
                         let _ = tx.send((p.topic.clone(), p.payload.to_vec()));
                     }
@@ -423,6 +426,7 @@ impl Prop {
             client,
             rx,
             connects,
+            acks,
             task,
         };
         p.wait_connects(1).await;
@@ -434,6 +438,14 @@ impl Prop {
         tokio::time::timeout(Duration::from_secs(15), self.connects.wait_for(|&c| c >= n))
             .await
             .expect("prop (re)connected in time")
+            .unwrap();
+    }
+
+    /// Waits until the broker has acknowledged `n` of this prop's QoS 1 publishes in all.
+    pub async fn wait_acks(&mut self, n: u32) {
+        tokio::time::timeout(Duration::from_secs(15), self.acks.wait_for(|&c| c >= n))
+            .await
+            .expect("publishes acknowledged in time")
             .unwrap();
     }
 

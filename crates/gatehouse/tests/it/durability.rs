@@ -33,6 +33,8 @@ pub struct Proc {
     pub child: Child,
     pub acon: SocketAddr,
     pub http: SocketAddr,
+    /// The embedded MQTT broker.
+    pub mqtt: Option<SocketAddr>,
     pub stderr: Vec<String>,
 }
 
@@ -50,7 +52,7 @@ pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Proc {
     let mut child = cmd.spawn().unwrap();
     let stderr = child.stderr.take().unwrap();
     let mut lines = BufReader::new(stderr).lines();
-    let (mut acon, mut http, mut seen) = (None, None, Vec::new());
+    let (mut acon, mut http, mut mqtt, mut seen) = (None, None, None, Vec::new());
     while acon.is_none() || http.is_none() {
         let Some(Ok(line)) = lines.next() else {
             panic!("gatehouse exited before listening: {seen:#?}");
@@ -62,6 +64,9 @@ pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Proc {
         };
         acon = acon.or(find("acon_addr="));
         http = http.or(find("http_addr="));
+        if line.contains("MQTT broker ready") {
+            mqtt = mqtt.or(find("addr="));
+        }
         seen.push(line);
     }
     // Keep draining the log so the child never blocks on a full pipe.
@@ -70,6 +75,7 @@ pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Proc {
         child,
         acon: acon.unwrap(),
         http: http.unwrap(),
+        mqtt,
         stderr: seen,
     }
 }
@@ -213,4 +219,44 @@ async fn sigterm_stops_gracefully_and_flushes() {
         !wal.exists() || std::fs::metadata(&wal).unwrap().len() == 0,
         "WAL flushed"
     );
+}
+
+/// A SUP the embedded broker acknowledged is recorded: SIGKILL right after the last PUBACK,
+/// restart, and every key is in the device's config.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_sups_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let args = local_args(data, Some(TOKEN));
+    let mut p = spawn(&args, &[]);
+    let port = p
+        .mqtt
+        .expect("the embedded broker's address in the log")
+        .port();
+    let mut lock = crate::common::Prop::connect(port, "sup-lock", &[]).await;
+    for i in 0..40 {
+        lock.send(
+            "ask/lock/b827eb0a1b2c/sup",
+            json!({"timestamp": 1, "datahold": {format!("k{i}"): i}}),
+        )
+        .await;
+    }
+    lock.wait_acks(40).await;
+    p.child.kill().unwrap(); // SIGKILL
+    p.child.wait().unwrap();
+
+    let mut p = spawn(&args, &[]);
+    let (st, v) = api(p.http, Method::GET, "/api/devices/lock/b827eb0a1b2c", None).await;
+    assert_eq!(st, 200, "{v}");
+    let config = v["desired"]["config"].as_object().unwrap();
+    for i in 0..40 {
+        assert_eq!(
+            config[&format!("k{i}")],
+            i,
+            "SUP {i} acknowledged but lost: {v}"
+        );
+    }
+    assert_eq!(v["desired"]["author"], "device");
+    p.child.kill().unwrap();
+    p.child.wait().unwrap();
 }

@@ -133,6 +133,25 @@ async fn cup_request_and_wire_examples(broker: Broker) {
     let bc2 = pwr.recv_on("pwr/all/cup").await;
     assert_eq!(bc2["datahold"], json!({"powerstate":"PWR"}));
     assert_eq!(bc2["hash"], bc["hash"]);
+    // The wire list's lamp and alert-scale broadcasts: a type config saved → `<type>/all/cup`.
+    let mut dumb = b.prop("dumb", &["rgb/all/#", "scl/all/#"]).await;
+    let rgb = json!({"RGB":"00FF00/1000/0/C","STR":"0/1000/C","LGT":"1/1000/C"});
+    let scl = json!({"level":120,"state":"green","borders":[334,667,1000]});
+    for (ty, config) in [("rgb", &rgb), ("scl", &scl)] {
+        let (s, _, _) = req(
+            &b,
+            Method::PUT,
+            &format!("/api/types/{ty}"),
+            json!({"config": config}),
+            None,
+        )
+        .await;
+        assert_eq!(s, 200);
+        let bc = dumb.recv_on(&format!("{ty}/all/cup")).await;
+        assert_eq!(&bc["datahold"], config);
+        assert!(bc["timestamp"].as_i64().unwrap() >= now_s() - 5);
+        assert_eq!(bc["hash"].as_str().unwrap(), skaben::config_hash(config));
+    }
     // 30 small devices asking at once (a power cut ends): one broadcast reaches them all, so
     // they are answered by at most one broadcast a second, the last one after the last ask.
     for _ in 0..30 {
@@ -528,6 +547,31 @@ async fn config_put_patch_if_match(broker: Broker) {
     let cup = t.recv_on(&format!("terminal/{id}/cup")).await;
     assert_eq!(cup["overwrite"], true);
     assert_eq!(cup["datahold"], json!({"mode":"hack","menu":{"b":3}}));
+    // A profile for this one device: the reference client's layout.
+    let (s, dev, _) = req(
+        &b,
+        Method::PUT,
+        &format!("/api/devices/terminal/{id}"),
+        json!({"profile":"reference","name":"hall terminal"}),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (s, dev["profile"].as_str(), dev["name"].as_str()),
+        (200, Some("reference"), Some("hall terminal")),
+        "{dev}"
+    );
+    req(
+        &b,
+        Method::POST,
+        &format!("/api/devices/terminal/{id}/push"),
+        Value::Null,
+        None,
+    )
+    .await;
+    let cup = t.recv_on(&format!("terminal/{id}/cup")).await;
+    assert_eq!(cup["datahold"]["task_id"], cup["task_id"], "{cup}");
+    assert_eq!(cup["datahold"]["FORCE"], true, "{cup}");
     // Bad input.
     let (s, v, _) = req(&b, Method::PUT, &path, json!([1, 2]), None).await;
     assert_eq!((s, v["field"].as_str()), (400, Some("config")), "{v}");
