@@ -152,8 +152,27 @@ pub async fn start(s: Settings) -> anyhow::Result<Running> {
         }
     }));
     tasks.push(tokio::spawn(presence_sweeper(hub.clone(), rx.clone())));
-    tasks.push(tokio::spawn(pinger(hub.clone(), rx.clone())));
-    tasks.push(tokio::spawn(broadcaster(hub.clone(), rx.clone())));
+    // PING to every active SKABEN type every `ping_interval`.
+    let ping_every = Duration::from_millis(
+        u64::try_from(hub.config().ping_interval_ms)
+            .unwrap_or(10_000)
+            .max(10),
+    );
+    let h = hub.clone();
+    tasks.push(tokio::spawn(every(ping_every, rx.clone(), move || {
+        h.skaben_ping(now_ms());
+    })));
+    // The coalesced `<type>/all/cup` broadcasts that are due.
+    let h = hub.clone();
+    tasks.push(tokio::spawn(every(
+        Duration::from_millis(
+            u64::try_from(crate::core::skaben::BROADCAST_EVERY_MS / 4).unwrap_or(250),
+        ),
+        rx.clone(),
+        move || {
+            h.skaben_flush_broadcasts(now_ms());
+        },
+    )));
     let hub_for_mqtt: Arc<dyn crate::bus::PacketHandler> = hub.clone();
     tasks.push(tokio::spawn(async move {
         match connection {
@@ -175,37 +194,16 @@ pub async fn start(s: Settings) -> anyhow::Result<Running> {
     })
 }
 
-/// PING to every active SKABEN type, every `ping_interval`.
-async fn pinger(hub: Arc<Hub>, mut shutdown: watch::Receiver<bool>) {
-    let every = Duration::from_millis(
-        u64::try_from(hub.config().ping_interval_ms)
-            .unwrap_or(10_000)
-            .max(10),
-    );
-    let mut tick = tokio::time::interval(every);
+/// Runs `job` every `period` until shutdown (a late tick is delayed, not bunched).
+async fn every(period: Duration, mut shutdown: watch::Receiver<bool>, job: impl Fn()) {
+    let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = shutdown.wait_for(|&s| s) => return,
         }
-        hub.skaben_ping(now_ms());
-    }
-}
-
-/// Sends the coalesced `<type>/all/cup` broadcasts that are due.
-async fn broadcaster(hub: Arc<Hub>, mut shutdown: watch::Receiver<bool>) {
-    let every = Duration::from_millis(
-        u64::try_from(crate::core::skaben::BROADCAST_EVERY_MS / 4).unwrap_or(250),
-    );
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.wait_for(|&s| s) => return,
-        }
-        hub.skaben_flush_broadcasts(now_ms());
+        job();
     }
 }
 

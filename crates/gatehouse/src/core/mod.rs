@@ -370,25 +370,7 @@ impl Hub {
     fn refuse(&self, key: String, peer: &str, send: u64, mut unit: Unit) -> Option<Commit> {
         self.stats.acon_rejected.fetch_add(1, Ordering::Relaxed);
         let now = unit.now;
-        let mut seen = self.rejected.lock().unwrap_or_else(|p| p.into_inner());
-        let refused_since = match seen.get_mut(&key) {
-            Some((last, refused)) if now - *last < REJECTED_EVENT_EVERY_MS => {
-                *refused += 1;
-                return None;
-            }
-            Some((last, refused)) => {
-                *last = now;
-                std::mem::take(refused)
-            }
-            None => {
-                if seen.len() >= REJECTED_TRACKED {
-                    seen.clear();
-                }
-                seen.insert(key.clone(), (now, 0));
-                0
-            }
-        };
-        drop(seen);
+        let refused_since = self.rejected_event_due(&key, now)?;
         unit.event(
             Some(key),
             "rejected",
@@ -397,6 +379,30 @@ impl Hub {
                    "refused_since_last_event": refused_since}),
         );
         Some(self.submit(unit))
+    }
+
+    /// Whether a `rejected` event for `key` is due (at most one per
+    /// [`REJECTED_EVENT_EVERY_MS`]): `Some(refusals since the last one)`, or `None` when the
+    /// refusal is only counted.
+    fn rejected_event_due(&self, key: &str, now: i64) -> Option<u64> {
+        let mut seen = self.rejected.lock().unwrap_or_else(|p| p.into_inner());
+        match seen.get_mut(key) {
+            Some((last, refused)) if now - *last < REJECTED_EVENT_EVERY_MS => {
+                *refused += 1;
+                None
+            }
+            Some((last, refused)) => {
+                *last = now;
+                Some(std::mem::take(refused))
+            }
+            None => {
+                if seen.len() >= REJECTED_TRACKED {
+                    seen.clear();
+                }
+                seen.insert(key.to_string(), (now, 0));
+                Some(0)
+            }
+        }
     }
 
     /// A frame that is not a valid message: an error event with the reason and the raw bytes.

@@ -1067,25 +1067,7 @@ impl Hub {
         now: i64,
     ) -> Option<crate::store::Commit> {
         let mut unit = Unit::new(now);
-        let mut seen = self.rejected.lock().unwrap_or_else(|p| p.into_inner());
-        let refused_since = match seen.get_mut(&key) {
-            Some((last, refused)) if now - *last < super::REJECTED_EVENT_EVERY_MS => {
-                *refused += 1;
-                return None;
-            }
-            Some((last, refused)) => {
-                *last = now;
-                std::mem::take(refused)
-            }
-            None => {
-                if seen.len() >= super::REJECTED_TRACKED {
-                    seen.clear();
-                }
-                seen.insert(key.clone(), (now, 0));
-                0
-            }
-        };
-        drop(seen);
+        let refused_since = self.rejected_event_due(&key, now)?;
         unit.event(
             Some(key),
             "rejected",
