@@ -94,7 +94,7 @@ pub async fn start(s: Settings) -> anyhow::Result<Running> {
     let (broker, bus, connection): (Option<EmbeddedBroker>, Arc<dyn crate::bus::Bus>, Link) =
         match &s.mqtt {
             MqttSettings::Embedded { listen } => {
-                let b = EmbeddedBroker::start(listen).await?;
+                let b = EmbeddedBroker::start_linked(listen).await?;
                 let (bus, conn) = b.in_process();
                 (Some(b), Arc::new(bus), Link::InProcess(conn))
             }

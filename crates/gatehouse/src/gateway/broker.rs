@@ -93,8 +93,19 @@ impl EmbeddedBroker {
     /// Binds `listen` (`HOST:PORT`; port 0 = any free port, see [`Self::local_addr`]) and
     /// starts accepting MQTT 3.1.1 and 5 clients. Returns once the broker accepts connections.
     pub async fn start(listen: &str) -> Result<EmbeddedBroker, BrokerError> {
+        Self::start_with(listen, false).await
+    }
+
+    /// Like [`Self::start`], for a broker the core will link to in-process
+    /// ([`Self::in_process`]): devices' `ask/…` packets that arrive before the link is made
+    /// wait for it (unacknowledged) instead of being routed to nobody.
+    pub async fn start_linked(listen: &str) -> Result<EmbeddedBroker, BrokerError> {
+        Self::start_with(listen, true).await
+    }
+
+    async fn start_with(listen: &str, linked: bool) -> Result<EmbeddedBroker, BrokerError> {
         let addr = resolve(listen).await?;
-        let hook = Arc::new(crate::gateway::inproc::InboundHook::default());
+        let hook = Arc::new(crate::gateway::inproc::InboundHook::new(linked));
         let cfg = config(addr).with_event_handler(hook.clone());
         let broker = match MqttBroker::with_config(cfg).await {
             Ok(broker) => broker,

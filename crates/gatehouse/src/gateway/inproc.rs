@@ -27,15 +27,19 @@ const QUEUE: usize = 100_000;
 
 /// The broker's publish hook: devices' `ask/...` packets go to the core.
 pub struct InboundHook {
+    /// The core will attach (`EmbeddedBroker::start_linked`); until then packets wait. A
+    /// broker started without it routes packets like any broker (for clients that connect).
+    linked: bool,
     handler: OnceLock<Arc<dyn PacketHandler>>,
     /// Turns true once `handler` is set: packets that arrive earlier (the broker accepts
     /// devices while the core is still loading) wait for it instead of being lost.
     ready: watch::Sender<bool>,
 }
 
-impl Default for InboundHook {
-    fn default() -> Self {
+impl InboundHook {
+    pub(crate) fn new(linked: bool) -> Self {
         InboundHook {
+            linked,
             handler: OnceLock::new(),
             ready: watch::Sender::new(false),
         }
@@ -59,10 +63,12 @@ impl BrokerEventHandler for InboundHook {
         // The broker acknowledges the publish once this resolves: a state change only when it
         // is recorded. Still routed: a monitoring client subscribed to `ask/#` sees it too.
         Box::pin(async move {
-            if !event
-                .topic
-                .get(..4)
-                .is_some_and(|p| p.eq_ignore_ascii_case("ask/"))
+            let waits_for_core = self.linked || self.handler.get().is_some();
+            if !waits_for_core
+                || !event
+                    .topic
+                    .get(..4)
+                    .is_some_and(|p| p.eq_ignore_ascii_case("ask/"))
             {
                 return PublishAction::Continue;
             }
