@@ -38,6 +38,14 @@ pub struct Proc {
     pub stderr: Vec<String>,
 }
 
+impl Drop for Proc {
+    /// A failing test must not leave its server running.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Starts `gatehouse serve` with `args` and `env`, and reads its log until both listeners are up.
 pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Proc {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_gatehouse"));
