@@ -23,12 +23,11 @@
 use std::fmt;
 use std::io::Write as _;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use acon::{Answer, Connection, Decoder, LineEnding, LinkState, Matrix, Message, StateCode};
 use anyhow::{Context as _, bail};
-use hdrhistogram::Histogram;
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 use tokio::io::AsyncWriteExt;
@@ -38,6 +37,7 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep, sleep_until, timeout_at};
 
 use crate::args::{non_negative_secs, positive_rate, positive_secs};
+use crate::latency::Latencies;
 use crate::net;
 
 /// How long a connection waits for one answer before it counts an error and reconnects.
@@ -47,7 +47,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connect attempts per connection before it counts as failed.
 const CONNECT_ATTEMPTS: u32 = 8;
 /// Highest latency the histogram resolves; slower answers are recorded as this.
-const MAX_LATENCY_US: u64 = 100_000_000;
 /// File descriptors kept free for everything that is not a load connection.
 const SPARE_FDS: u64 = 256;
 
@@ -295,43 +294,6 @@ impl ReferenceServer {
             .context("waiting for the reference server")?
             .map_err(|_| anyhow::anyhow!("the reference server panicked"))?
             .context("the reference server stopped accepting")
-    }
-}
-
-/// Latency histograms shared by the connections, in shards so that a thousand connections
-/// recording at once rarely wait on one lock (one histogram per connection would cost
-/// ~100 KiB each: a gigabyte at 10 000 connections).
-struct Latencies {
-    shards: Vec<Mutex<Histogram<u64>>>,
-}
-
-impl Latencies {
-    fn new(conns: usize) -> anyhow::Result<Latencies> {
-        let n = conns.clamp(1, 64);
-        let shards = (0..n)
-            .map(|_| Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).map(Mutex::new))
-            .collect::<Result<_, _>>()
-            .context("cannot create the latency histogram")?;
-        Ok(Latencies { shards })
-    }
-
-    fn record(&self, conn: usize, latency: Duration) {
-        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
-        let shard = &self.shards[conn % self.shards.len()];
-        shard
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .saturating_record(us);
-    }
-
-    fn merged(&self) -> anyhow::Result<Histogram<u64>> {
-        let mut all = Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)
-            .context("cannot create the latency histogram")?;
-        for shard in &self.shards {
-            all.add(&*shard.lock().unwrap_or_else(PoisonError::into_inner))
-                .context("merging latency histograms")?;
-        }
-        Ok(all)
     }
 }
 

@@ -27,24 +27,23 @@
 //! ```
 
 use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use hdrhistogram::Histogram;
 use rumqttc::{Event, Packet, QoS};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior, sleep, sleep_until};
 
 use crate::args::{non_negative_secs, positive_secs};
+use crate::latency::Latencies;
 use crate::simulate_skaben::mqtt::{self, Broker};
 
 /// A request unanswered this long is a time-out, and the device sends a new one.
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Highest latency the histogram resolves; slower answers are recorded as this.
-const MAX_LATENCY_US: u64 = 100_000_000;
 /// Requests one connection may queue (it has one outstanding, plus the subscription).
 const QUEUE: usize = 4;
 /// QoS 1 publishes one connection may have unacknowledged.
@@ -412,40 +411,6 @@ impl Target {
 struct Clock {
     measure_from: Instant,
     end: Instant,
-}
-
-/// Latency histograms shared by the connections, in shards so that many connections
-/// recording at once rarely wait on one lock.
-struct Latencies {
-    shards: Vec<Mutex<Histogram<u64>>>,
-}
-
-impl Latencies {
-    fn new(conns: usize) -> anyhow::Result<Latencies> {
-        let shards = (0..conns.clamp(1, 64))
-            .map(|_| Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).map(Mutex::new))
-            .collect::<Result<_, _>>()
-            .context("cannot create the latency histogram")?;
-        Ok(Latencies { shards })
-    }
-
-    fn record(&self, conn: usize, latency: Duration) {
-        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
-        self.shards[conn % self.shards.len()]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .saturating_record(us);
-    }
-
-    fn merged(&self) -> anyhow::Result<Histogram<u64>> {
-        let mut all = Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)
-            .context("cannot create the latency histogram")?;
-        for shard in &self.shards {
-            all.add(&*shard.lock().unwrap_or_else(PoisonError::into_inner))
-                .context("merging latency histograms")?;
-        }
-        Ok(all)
-    }
 }
 
 /// One connection's counts.

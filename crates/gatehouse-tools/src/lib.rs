@@ -11,6 +11,7 @@
 mod args;
 pub mod bench_acon;
 pub mod bench_skaben;
+mod latency;
 mod net;
 pub mod reference;
 pub mod simulate_acon;
