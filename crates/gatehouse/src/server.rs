@@ -161,6 +161,7 @@ pub async fn start(s: Settings) -> anyhow::Result<Running> {
     let h = hub.clone();
     tasks.push(tokio::spawn(every(ping_every, rx.clone(), move || {
         h.skaben_ping(now_ms());
+        std::future::ready(())
     })));
     // The coalesced `<type>/all/cup` broadcasts that are due.
     let h = hub.clone();
@@ -171,6 +172,7 @@ pub async fn start(s: Settings) -> anyhow::Result<Running> {
         rx.clone(),
         move || {
             h.skaben_flush_broadcasts(now_ms());
+            std::future::ready(())
         },
     )));
     let hub_for_mqtt: Arc<dyn crate::bus::PacketHandler> = hub.clone();
@@ -195,7 +197,11 @@ pub async fn start(s: Settings) -> anyhow::Result<Running> {
 }
 
 /// Runs `job` every `period` until shutdown (a late tick is delayed, not bunched).
-async fn every(period: Duration, mut shutdown: watch::Receiver<bool>, job: impl Fn()) {
+async fn every<F: std::future::Future<Output = ()>>(
+    period: Duration,
+    mut shutdown: watch::Receiver<bool>,
+    mut job: impl FnMut() -> F,
+) {
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -203,31 +209,26 @@ async fn every(period: Duration, mut shutdown: watch::Receiver<bool>, job: impl 
             _ = tick.tick() => {}
             _ = shutdown.wait_for(|&s| s) => return,
         }
-        job();
+        job().await;
     }
 }
 
 /// Marks silent devices offline, a few times per timeout.
-async fn presence_sweeper(hub: Arc<Hub>, mut shutdown: watch::Receiver<bool>) {
+async fn presence_sweeper(hub: Arc<Hub>, shutdown: watch::Receiver<bool>) {
     let cfg = hub.config();
     let timeout = cfg
         .presence_timeout_ms
         .min(cfg.skaben_keepalive_ms)
         .max(100);
-    let every = Duration::from_millis(u64::try_from(timeout / 5).unwrap_or(1000).clamp(50, 5000));
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.wait_for(|&s| s) => return,
-        }
+    let period = Duration::from_millis(u64::try_from(timeout / 5).unwrap_or(1000).clamp(50, 5000));
+    every(period, shutdown, || async {
         match hub.sweep_presence(now_ms()).await {
             Ok(0) => {}
             Ok(n) => info!(devices = n, "devices went offline"),
             Err(e) => warn!(error = %e, "presence sweep not recorded"),
         }
-    }
+    })
+    .await
 }
 
 /// One gatehouse per data directory: a second one would answer from a stale table.

@@ -1246,17 +1246,7 @@ impl Hub {
             merge,
             if_match,
         } = edit;
-        let key = format!("{ty}/{id}");
-        let (commit, v) = {
-            let mut unit = Unit::new(now);
-            let mut table = self.sk();
-            let SkabenTable { types, devices } = &mut *table;
-            let t = types
-                .get(ty)
-                .ok_or_else(|| CoreError::NotFound(format!("no device type {ty:?}")))?;
-            let dev = devices
-                .get_mut(&key)
-                .ok_or_else(|| CoreError::NotFound(format!("no device {key}")))?;
+        self.operator_change(ty, id, now, |dev, t, key, unit| {
             let eff = dev.effective(&t.def);
             let (old_version, old_value) = (eff.version, eff.value.clone());
             if let Some(expected) = if_match
@@ -1291,7 +1281,7 @@ impl Hub {
                 author: actor.to_string(),
             });
             unit.event(
-                Some(key.clone()),
+                Some(key.to_string()),
                 "config_changed",
                 actor,
                 json!({"old_version": old_version, "new_version": version, "hash": hash,
@@ -1306,17 +1296,14 @@ impl Hub {
                 self.send_cup(dev, &t.def, true, None, "operator", now)
             };
             unit.event(
-                Some(key.clone()),
+                Some(key.to_string()),
                 "cup",
                 "server",
                 cup_event(&cup, "operator"),
             );
-            unit.writes.push(Write::Device(dev.record(Some(&t.def))));
-            let v = view(dev, &t.def);
-            (self.submit(unit), v)
-        };
-        commit.wait().await?;
-        Ok(v)
+            Ok(())
+        })
+        .await
     }
 
     /// Sends a device its config again (tracked like any push).
@@ -1326,6 +1313,32 @@ impl Hub {
         id: &str,
         actor: &str,
         now: i64,
+    ) -> Result<SkabenView, CoreError> {
+        self.operator_change(ty, id, now, |dev, t, key, unit| {
+            // An operator's push is a new attempt even if the device seemed to hold it.
+            dev.stored.delivery.confirmed_hash = None;
+            dev.stored.delivery.confirmed_version = None;
+            let cup = self.send_cup(dev, &t.def, true, None, "operator push", now);
+            unit.event(
+                Some(key.to_string()),
+                "cup",
+                actor,
+                cup_event(&cup, "operator push"),
+            );
+            Ok(())
+        })
+        .await
+    }
+
+    /// An operator's change to an existing device: `change` runs with the table locked and
+    /// adds its events to the unit; the device row goes with them, and the answer (the device
+    /// page) comes once the unit is durable.
+    async fn operator_change(
+        &self,
+        ty: &str,
+        id: &str,
+        now: i64,
+        change: impl FnOnce(&mut SkDevice, &TypeEntry, &str, &mut Unit) -> Result<(), CoreError>,
     ) -> Result<SkabenView, CoreError> {
         let key = format!("{ty}/{id}");
         let (commit, v) = {
@@ -1338,19 +1351,9 @@ impl Hub {
             let dev = devices
                 .get_mut(&key)
                 .ok_or_else(|| CoreError::NotFound(format!("no device {key}")))?;
-            // An operator's push is a new attempt even if the device seemed to hold it.
-            dev.stored.delivery.confirmed_hash = None;
-            dev.stored.delivery.confirmed_version = None;
-            let cup = self.send_cup(dev, &t.def, true, None, "operator push", now);
-            unit.event(
-                Some(key.clone()),
-                "cup",
-                actor,
-                cup_event(&cup, "operator push"),
-            );
+            change(dev, t, &key, &mut unit)?;
             unit.writes.push(Write::Device(dev.record(Some(&t.def))));
-            let v = view(dev, &t.def);
-            (self.submit(unit), v)
+            (self.submit(unit), view(dev, &t.def))
         };
         commit.wait().await?;
         Ok(v)
