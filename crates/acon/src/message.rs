@@ -11,7 +11,7 @@ use crate::decoder::trim;
 pub const MAX_DIMENSION: u16 = 64;
 
 /// Longest board ID accepted, in bytes.
-const MAX_ID_LEN: usize = 64;
+pub const MAX_ID_LEN: usize = 64;
 
 /// The line ending a frame used. Answers use the ending of the message they answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -339,6 +339,23 @@ fn valid_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }
 
+/// The board ID of a frame that does not parse, if one of its lines is a valid `ID=`: lets a
+/// server file the malformed frame under the board that sent it. Looks at every line (the
+/// frame may be broken anywhere), ignores surrounding spaces, and takes the first valid one.
+pub fn sniff_id(frame: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(frame);
+    text.lines().find_map(|l| {
+        let (k, v) = l.trim().split_once('=')?;
+        (k.trim() == "ID" && valid_id(v.trim())).then(|| v.trim().to_string())
+    })
+}
+
+/// Whether `id` is a board ID this crate accepts: 1 to [`MAX_ID_LEN`] bytes of ASCII letters,
+/// digits, `-`, `_` and `.`.
+pub fn is_valid_id(id: &str) -> bool {
+    valid_id(id)
+}
+
 impl Message {
     /// Parses one frame (as returned by the [`crate::Decoder`]).
     pub fn parse(frame: &[u8]) -> Result<Message, ParseError> {
@@ -609,4 +626,34 @@ fn parse_matrix(raw: &str, cols: Option<u16>, rows: Option<u16>) -> Result<Matri
         }
     }
     Ok(Matrix { cols, rows, bits })
+}
+
+#[cfg(test)]
+mod sniff_tests {
+    use super::*;
+
+    #[test]
+    fn the_id_of_a_malformed_frame_is_found_on_any_line() {
+        let cases: &[(&[u8], Option<&str>)] = &[
+            (
+                b"ACon_V1.0\r\nID=1953\r\nSEND=abc\r\nCLOSE\r\n",
+                Some("1953"),
+            ),
+            (b"ACon_V1.0\nSEND=1\n  ID = b-7.x \nCLOSE\n", Some("b-7.x")),
+            (b"ACon_V1.0\nSEND=1\nCLOSE\n", None),
+            (b"ACon_V1.0\nID=\nID=bad id\nID=42\nCLOSE\n", Some("42")),
+            (b"\xff\xfeID=9\n", None),
+            (b"ID=9\n", Some("9")),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(
+                sniff_id(raw).as_deref(),
+                *want,
+                "{:?}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+        let long = format!("ID={}\n", "1".repeat(MAX_ID_LEN + 1));
+        assert_eq!(sniff_id(long.as_bytes()), None);
+    }
 }

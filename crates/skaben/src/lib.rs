@@ -6,8 +6,9 @@
 //! gateway owns the connection; it hands each inbound publish to [`Inbound::parse`] and
 //! [`Payload::parse`], and publishes what [`ping_topic`], [`cup_topic`], [`ping_payload`] and
 //! [`cup_payload`] build. The timestamps it passes in come from the caller's clock. The
-//! protocol is described in `shared/spec/skaben.md`; decisions the spec leaves open are written
-//! next to the code that makes them.
+//! protocol is described in `docs/protocol/skaben.md`; the decisions gatehouse made where the
+//! original leaves room are listed there ("Decisions gatehouse made") and written next to the
+//! code that makes them.
 //!
 //! The parts:
 //! - [`topic`]: `ask/<type>/<id>/<command>` in, `<type>/<id|all>/<command>` out;
@@ -39,5 +40,6 @@ pub use profile::{
 };
 pub use topic::{
     Command, Inbound, Outbound, OutboundCommand, SUBSCRIPTION, SUBSCRIPTIONS, Target, TopicError,
-    cup_all_topic, cup_topic, ping_topic, validate_device_id, validate_device_type,
+    cup_all_topic, cup_topic, device_of_topic, ping_topic, validate_device_id,
+    validate_device_type,
 };

@@ -353,6 +353,26 @@ pub fn cup_all_topic(device_type: &str) -> Result<String, TopicError> {
     Outbound::new(device_type, Target::All, OutboundCommand::Cup).map(|o| o.topic())
 }
 
+/// The `<type>/<id>` (or `<type>/all`) a topic that does not parse seems to be about, so that
+/// its error can be filed under that device: `ask/<type>/<id>/<anything>` in any case, with a
+/// valid type and id. `None` when the topic names no device.
+pub fn device_of_topic(topic: &str) -> Option<String> {
+    let segments: Vec<&str> = topic.split('/').collect();
+    let [ask, device_type, id, _] = segments[..] else {
+        return None;
+    };
+    if !ask.eq_ignore_ascii_case(ASK) || device_type.is_empty() || id.is_empty() {
+        return None;
+    }
+    let device_type = validate_device_type(device_type).ok()?;
+    let id = if id.eq_ignore_ascii_case(ALL) {
+        ALL.to_string()
+    } else {
+        validate_device_id(id).ok()?
+    };
+    Some(format!("{device_type}/{id}"))
+}
+
 /// Checks a device type (an operator may add types) and returns it lowercase.
 ///
 /// `ask` is refused: `ask/all/ping` would land in the device → server namespace the server
@@ -655,5 +675,25 @@ mod tests {
             err("ask/lo ck/b827eb0a1b2c/pong").to_string(),
             "device type \"lo ck\" has a character other than a-z, 0-9, '_' and '-'"
         );
+    }
+
+    #[test]
+    fn a_bad_topic_is_filed_under_the_device_it_names() {
+        let cases = [
+            ("ask/lock/b827eb0a1b2c/bogus", Some("lock/b827eb0a1b2c")),
+            ("ASK/LOCK/B827EB0A1B2C/PONGX", Some("lock/b827eb0a1b2c")),
+            ("ask/pwr/ALL/nope", Some("pwr/all")),
+            ("ask/lock/b827/pong/extra", None),
+            ("ask/lock//pong", None),
+            ("ask//id/pong", None),
+            ("tell/lock/b827/pong", None),
+            ("ask/ask/b827/pong", None),
+            ("ask/lo ck/b827/pong", None),
+            ("ask/lock/b8.27/pong", None),
+            ("", None),
+        ];
+        for (topic, want) in cases {
+            assert_eq!(device_of_topic(topic).as_deref(), want, "{topic:?}");
+        }
     }
 }
