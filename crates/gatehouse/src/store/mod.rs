@@ -95,7 +95,7 @@ pub struct TypeRecord {
 }
 
 /// One write of a unit.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Write {
     Device(DeviceRecord),
     Message(MessageRecord),
@@ -147,9 +147,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Queues a unit nobody waits for (the record of a packet that needs no answer once
     /// durable). Same order and durability as [`Store::submit`]; the store may hold it a few
-    /// milliseconds to commit it with others.
-    fn submit_background(&self, writes: Vec<Write>) {
-        drop(self.submit(writes));
+    /// milliseconds to commit it with others. The [`Commit`] may be dropped; the core keeps it
+    /// to deliver the unit's events once it is durable.
+    fn submit_background(&self, writes: Vec<Write>) -> Commit {
+        self.submit(writes)
     }
 
     /// Every device with its newest message, for the core's table at start-up.

@@ -511,9 +511,14 @@ impl Store for SqliteStore {
         Commit::new(rx)
     }
 
-    fn submit_background(&self, writes: Vec<Write>) {
-        let (done, _rx) = oneshot::channel();
-        let _ = self.tx.send(Request::Unit(writes, done, false));
+    fn submit_background(&self, writes: Vec<Write>) -> Commit {
+        let (done, rx) = oneshot::channel();
+        if let Err(mpsc::error::SendError(Request::Unit(_, done, _))) =
+            self.tx.send(Request::Unit(writes, done, false))
+        {
+            let _ = done.send(Err(StoreError::Closed));
+        }
+        Commit::new(rx)
     }
 
     fn load_devices(&self) -> StoreFuture<'_, Vec<LoadedDevice>> {
