@@ -1,5 +1,7 @@
 //! The rules for ACon boards: what a status message changes, which events it causes, and
-//! what the board is answered. Pure: the caller passes the time and persists the result.
+//! what the board is answered ([`BoardState`], pure: the caller passes the time and persists
+//! the result); then a board in the core's [`State`]: registration, presence, the message
+//! record, and the operator's changes (engage, release, reset, block).
 //!
 //! Counting rules (the protocol cannot tell a retry from a repeat, so they are edges):
 //! - **Opening**: a cell is counted as opened when it is in `BOX_ACC` and was not in the
@@ -8,7 +10,8 @@
 //! - **Timed out** (`BOX_TO`), **short circuit** (`STATE` 1), **wrong code** (`STATE` 2): an
 //!   event when the cell/code appears, not again while it stays.
 //! - **Reboot**: `RESET=1`, unless the previous message also had `RESET=1` and this one's SEND
-//!   is the previous SEND + 1 (that is a retry of the same report).
+//!   is the previous SEND + 1 (that is a retry of the same report), or this message is the
+//!   previous one again (same ID, SEND and content): every copy is recorded, one is counted.
 //! - **Lock self-test**: an event per cell whose `ACT_CON` bit changed since the previous
 //!   message of the same matrix size.
 
@@ -16,7 +19,16 @@ use std::collections::BTreeMap;
 
 use acon::{Answer, Engaged, Message, StateCode};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+
+use std::collections::hash_map::Entry;
+
+use rand::RngExt as _;
+
+use super::change::{Effects, State};
+use super::device::{Device, DeviceState, DeviceView, key, to_json};
+use super::event::{DEVICE, Event, Registration, SERVER, VersionChange};
+use super::{CoreError, Outcome, UnknownPolicy, invalid};
+use crate::store::{MessageRecord, Write};
 
 /// One engaged cell: its code, when it stops working, and whether the first opening ends it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,17 +86,6 @@ pub struct Reported {
     pub provisioned_size: Option<(u16, u16)>,
 }
 
-/// An event the rules produced: kind, details.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RuleEvent {
-    pub kind: &'static str,
-    pub data: serde_json::Value,
-}
-
-fn ev(kind: &'static str, data: serde_json::Value) -> RuleEvent {
-    RuleEvent { kind, data }
-}
-
 fn list(l: &Option<Vec<u32>>) -> &[u32] {
     l.as_deref().unwrap_or(&[])
 }
@@ -115,7 +116,7 @@ impl BoardState {
     }
 
     /// Drops assignments whose time has run out; one event each.
-    pub fn expire(&mut self, now: i64) -> Vec<RuleEvent> {
+    pub fn expire(&mut self, now: i64) -> Vec<Event> {
         let gone: Vec<u32> = self
             .desired
             .cells
@@ -127,10 +128,11 @@ impl BoardState {
         for cell in gone {
             if let Some(a) = self.desired.cells.remove(&cell) {
                 self.reported.expired.insert(cell, a.expires_at);
-                events.push(ev(
-                    "assignment_expired",
-                    json!({"cell": cell, "code": a.code, "expires_at": crate::clock::rfc3339(a.expires_at)}),
-                ));
+                events.push(Event::AssignmentExpired {
+                    cell,
+                    code: a.code,
+                    expires_at: crate::clock::rfc3339(a.expires_at),
+                });
             }
         }
         if !events.is_empty() {
@@ -144,7 +146,7 @@ impl BoardState {
     ///
     /// Invariant: every change besides `reported.message` and `reported.peer` comes with at
     /// least one event, so the core persists the device row exactly when events are returned.
-    pub fn on_message(&mut self, msg: &Message, peer: &str, now: i64) -> Vec<RuleEvent> {
+    pub fn on_message(&mut self, msg: &Message, peer: &str, now: i64) -> Vec<Event> {
         let mut events = Vec::new();
         let prev = self.reported.message.take();
         let prev_acc = prev.as_ref().map(|p| list(&p.box_acc)).unwrap_or(&[]);
@@ -153,17 +155,19 @@ impl BoardState {
 
         // Reboot, and the end of a pending reset.
         if msg.reset == Some(true) {
-            let retry = prev
-                .as_ref()
-                .is_some_and(|p| p.reset == Some(true) && p.send.checked_add(1) == Some(msg.send));
+            // A retry (SEND + 1), or the very same frame again (a board that resends it, a
+            // client that opens several connections): the reboot was counted already.
+            let retry = prev.as_ref().is_some_and(|p| {
+                p.reset == Some(true) && (p.send.checked_add(1) == Some(msg.send) || p == msg)
+            });
             if !retry {
                 self.reported.reboots += 1;
-                events.push(ev("rebooted", json!({"send": msg.send})));
+                events.push(Event::Rebooted { send: msg.send });
             }
             if self.desired.pending_reset {
                 self.desired.pending_reset = false;
                 desired_changed = true;
-                events.push(ev("reset_done", json!({"send": msg.send})));
+                events.push(Event::ResetDone { send: msg.send });
             }
         }
 
@@ -174,32 +178,36 @@ impl BoardState {
             }
             self.reported.last_opened.insert(cell, now);
             let assignment = self.desired.cells.get(&cell).cloned();
-            events.push(ev(
-                "cell_opened",
-                json!({"cell": cell, "code": assignment.as_ref().map(|a| &a.code)}),
-            ));
+            events.push(Event::CellOpened {
+                cell,
+                code: assignment.as_ref().map(|a| a.code.clone()),
+            });
             if let Some(a) = assignment.filter(|a| a.single_use) {
                 self.desired.cells.remove(&cell);
                 desired_changed = true;
-                events.push(ev(
-                    "assignment_ended",
-                    json!({"cell": cell, "code": a.code, "reason": "single-use cell opened"}),
-                ));
+                events.push(Event::AssignmentEnded {
+                    cell,
+                    code: a.code,
+                    reason: "single-use cell opened".into(),
+                });
             }
         }
 
         for &cell in list(&msg.box_to) {
             if !prev_to.contains(&cell) {
-                events.push(ev("cell_timed_out", json!({"cell": cell})));
+                events.push(Event::CellTimedOut { cell });
             }
         }
 
-        for (code, kind) in [
-            (StateCode::ShortCircuit, "short_circuit"),
-            (StateCode::WrongCode, "wrong_code"),
+        for (code, event) in [
+            (
+                StateCode::ShortCircuit,
+                Event::ShortCircuit { send: msg.send },
+            ),
+            (StateCode::WrongCode, Event::WrongCode { send: msg.send }),
         ] {
             if msg.has_state(code) && !prev.as_ref().is_some_and(|p| p.has_state(code)) {
-                events.push(ev(kind, json!({"send": msg.send})));
+                events.push(event);
             }
         }
 
@@ -210,19 +218,19 @@ impl BoardState {
             if new.cols() == old.cols() && new.rows() == old.rows() {
                 for (i, (&now_on, &was_on)) in new.bits().iter().zip(old.bits()).enumerate() {
                     if now_on != was_on {
-                        let kind = if now_on {
-                            "lock_connected"
+                        let cell = i + 1;
+                        events.push(if now_on {
+                            Event::LockConnected { cell }
                         } else {
-                            "lock_disconnected"
-                        };
-                        events.push(ev(kind, json!({"cell": i + 1})));
+                            Event::LockDisconnected { cell }
+                        });
                     }
                 }
             } else {
-                events.push(ev(
-                    "matrix_changed",
-                    json!({"from": [old.cols(), old.rows()], "to": [new.cols(), new.rows()]}),
-                ));
+                events.push(Event::MatrixChanged {
+                    from: [old.cols(), old.rows()],
+                    to: [new.cols(), new.rows()],
+                });
             }
         }
 
@@ -260,6 +268,573 @@ impl BoardState {
     }
 }
 
+// ---- A board in the core's state: inbound messages and operator changes ----
+
+/// Raw bytes of a malformed frame or packet kept in its event.
+pub const KEEP_RAW: usize = 2048;
+
+/// The first [`KEEP_RAW`] bytes, as text.
+pub(crate) fn clip(raw: &[u8]) -> String {
+    String::from_utf8_lossy(&raw[..raw.len().min(KEEP_RAW)]).into_owned()
+}
+
+/// Body of `PUT /api/devices/acon/{id}/cells/{cell}`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngageRequest {
+    pub minutes: Option<i64>,
+    /// Unix ms; an alternative to `minutes` (the API takes RFC 3339).
+    #[serde(skip)]
+    pub expires_at: Option<i64>,
+    pub code: Option<String>,
+    pub single_use: Option<bool>,
+}
+
+/// Body of `PUT /api/devices/acon/{id}`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    pub name: Option<String>,
+    pub notes: Option<String>,
+    pub cols: Option<u16>,
+    pub rows: Option<u16>,
+}
+
+/// A board as the API shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BoardSnapshot {
+    pub device: DeviceView,
+    pub pending_reset: bool,
+    pub blocked: bool,
+    pub desired_version: i64,
+    pub cols: Option<u16>,
+    pub rows: Option<u16>,
+    pub engaged_cells: usize,
+    pub reported: ReportedSnapshot,
+}
+
+/// What the board last reported.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReportedSnapshot {
+    /// The latest well-formed message, parsed.
+    pub message: Option<Message>,
+    pub peer: Option<String>,
+    pub last_send: Option<u64>,
+    pub reboots: u64,
+}
+
+/// An engaged cell.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngagedSnapshot {
+    pub cell: u32,
+    pub device: String,
+    pub code: String,
+    pub expires_at: i64,
+    pub minutes_left: u32,
+    pub single_use: bool,
+    pub assigned_at: i64,
+    pub assigned_by: String,
+}
+
+/// One cell of a board's matrix.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CellSnapshot {
+    pub cell: u32,
+    pub row: u32,
+    pub col: u32,
+    /// From the last ACT_CON; `None` if the board has not reported one.
+    pub lock_connected: Option<bool>,
+    pub engaged: Option<EngagedSnapshot>,
+    /// The board listed the cell in BOX_ENG in its last message.
+    pub engaged_on_board: bool,
+    pub timed_out: bool,
+    pub last_opened: Option<i64>,
+}
+
+impl EngagedSnapshot {
+    fn of(key: &str, cell: u32, a: &Assignment, minutes_left: u32) -> EngagedSnapshot {
+        EngagedSnapshot {
+            cell,
+            device: key.to_string(),
+            code: a.code.clone(),
+            expires_at: a.expires_at,
+            minutes_left,
+            single_use: a.single_use,
+            assigned_at: a.assigned_at,
+            assigned_by: a.assigned_by.clone(),
+        }
+    }
+}
+
+pub fn board_key(id: &str) -> String {
+    key("acon", id)
+}
+
+fn not_found(id: &str) -> CoreError {
+    CoreError::NotFound(format!("no board acon/{id}"))
+}
+
+fn outside(count: u32) -> CoreError {
+    invalid("cell", format!("outside the board's matrix: 1..={count}"))
+}
+
+/// A random code of `len` digits not in `taken`; `None` when the space is used up.
+fn generate_code(len: usize, taken: &[&str]) -> Option<String> {
+    let space = 10u64
+        .checked_pow(u32::try_from(len).ok()?)
+        .unwrap_or(u64::MAX);
+    if (taken.len() as u64) >= space {
+        return None;
+    }
+    let mut rng = rand::rng();
+    // With at least one free code, random tries find one fast unless the space is nearly
+    // full; then walk from a random start.
+    for _ in 0..64 {
+        let code: String = (0..len)
+            .map(|_| char::from(b'0' + rng.random_range(0..10u8)))
+            .collect();
+        if !taken.contains(&code.as_str()) {
+            return Some(code);
+        }
+    }
+    let start = rng.random_range(0..space);
+    (0..space)
+        .map(|i| (start + i) % space)
+        .map(|n| format!("{n:0len$}"))
+        .find(|c| !taken.contains(&c.as_str()))
+}
+
+impl State {
+    fn board_mut(&mut self, id: &str) -> Result<(&mut Device, String), CoreError> {
+        let key = board_key(id);
+        match self.devices.get_mut(&key) {
+            Some(
+                d @ Device {
+                    state: DeviceState::Board(_),
+                    ..
+                },
+            ) => Ok((d, key)),
+            _ => Err(not_found(id)),
+        }
+    }
+
+    /// A well-formed message from a board: registers it (or refuses it), marks it seen,
+    /// applies the rules, records the message with its answer. Returns the encoded answer,
+    /// or `None` when the board is refused.
+    pub fn acon_message(
+        &mut self,
+        fx: &mut Effects,
+        raw: &[u8],
+        msg: &Message,
+        peer: &str,
+    ) -> Option<Vec<u8>> {
+        fx.counts.acon_messages += 1;
+        let now = fx.now;
+        let key = board_key(&msg.id);
+        let dev = match self.devices.entry(key.clone()) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(_) if self.cfg.unknown_devices == UnknownPolicy::Reject => {
+                fx.counts.acon_rejected += 1;
+                if let Some(since) = self.rejected_event_due(&key, now) {
+                    fx.device_event(
+                        &key,
+                        SERVER,
+                        Event::Rejected {
+                            reason: "unknown device, policy reject".into(),
+                            peer: Some(peer.to_string()),
+                            send: Some(msg.send),
+                            topic: None,
+                            refused_since_last_event: since,
+                        },
+                    );
+                }
+                return None;
+            }
+            Entry::Vacant(e) => {
+                fx.device_event(
+                    &key,
+                    SERVER,
+                    Event::Registered(Registration::Board {
+                        peer: peer.to_string(),
+                    }),
+                );
+                e.insert(Device::new(
+                    "acon",
+                    &msg.id,
+                    now,
+                    DeviceState::Board(BoardState::default()),
+                ))
+            }
+        };
+        fx.push_event(dev.seen(now, "message received", None));
+        let DeviceState::Board(board) = &mut dev.state else {
+            // `acon/<id>` is always a board: types named `acon` are refused.
+            return None;
+        };
+        for e in board.on_message(msg, peer, now) {
+            fx.device_event(&key, DEVICE, e);
+        }
+        let mut answer = Vec::with_capacity(128);
+        board.answer(msg, now).encode(&mut answer);
+        // Every change to the device row comes with an event (see `on_message`); a message
+        // that changes nothing else is recorded by its message row alone, which also carries
+        // the latest message and last-seen time the row leaves out.
+        if !fx.events.is_empty() {
+            fx.device_row(dev, None);
+        }
+        fx.writes.push(Write::Message(MessageRecord {
+            device: key,
+            at: now,
+            send: i64::try_from(msg.send).ok(),
+            peer: peer.to_string(),
+            raw: String::from_utf8_lossy(raw).into_owned(),
+            parsed: to_json(msg),
+            answer: String::from_utf8_lossy(&answer).into_owned(),
+        }));
+        Some(answer)
+    }
+
+    /// A frame that is not a valid message: an error event (filed under the board whose `ID=`
+    /// it carries, if any) with the reason and the raw bytes.
+    pub fn acon_malformed(&mut self, fx: &mut Effects, raw: &[u8], reason: &str, peer: &str) {
+        fx.counts.acon_malformed += 1;
+        fx.event(
+            ::acon::sniff_id(raw).map(|id| board_key(&id)),
+            DEVICE,
+            Event::Malformed {
+                reason: reason.to_string(),
+                peer: Some(peer.to_string()),
+                topic: None,
+                raw: clip(raw),
+                raw_len: raw.len(),
+                truncated: raw.len() > KEEP_RAW,
+            },
+        );
+    }
+
+    pub(crate) fn board_snapshot(&self, id: &str) -> Option<BoardSnapshot> {
+        let d = self.devices.get(&board_key(id))?;
+        let b = d.board()?;
+        Some(BoardSnapshot {
+            device: d.view(),
+            pending_reset: b.desired.pending_reset,
+            blocked: b.desired.blocked,
+            desired_version: b.desired_version,
+            cols: b.size().map(|s| s.0),
+            rows: b.size().map(|s| s.1),
+            engaged_cells: b.desired.cells.len(),
+            reported: ReportedSnapshot {
+                message: b.reported.message.clone(),
+                peer: b.reported.peer.clone(),
+                last_send: b.reported.message.as_ref().map(|m| m.send),
+                reboots: b.reported.reboots,
+            },
+        })
+    }
+
+    fn board_outcome(&self, id: &str) -> Result<Outcome, CoreError> {
+        self.board_snapshot(id)
+            .map(|b| Outcome::Board(Box::new(b)))
+            .ok_or_else(|| not_found(id))
+    }
+
+    pub(crate) fn cells(&self, id: &str, now: i64) -> Result<Vec<CellSnapshot>, CoreError> {
+        let key = board_key(id);
+        let b = self
+            .devices
+            .get(&key)
+            .and_then(Device::board)
+            .ok_or_else(|| not_found(id))?;
+        let Some((cols, rows)) = b.size() else {
+            return Ok(Vec::new());
+        };
+        let msg = b.reported.message.as_ref();
+        let reported_to = msg.and_then(|m| m.box_to.as_deref()).unwrap_or(&[]);
+        let reported_eng = msg.and_then(|m| m.box_eng.as_deref()).unwrap_or(&[]);
+        let count = u32::from(cols) * u32::from(rows);
+        Ok((1..=count)
+            .map(|cell| {
+                let engaged = b.desired.cells.get(&cell).and_then(|a| {
+                    a.minutes_left(now)
+                        .map(|m| EngagedSnapshot::of(&key, cell, a, m))
+                });
+                let expired_on_server = engaged.is_none()
+                    && (b.reported.expired.contains_key(&cell)
+                        || b.desired
+                            .cells
+                            .get(&cell)
+                            .is_some_and(|a| a.expires_at <= now));
+                CellSnapshot {
+                    cell,
+                    row: (cell - 1) / u32::from(cols),
+                    col: (cell - 1) % u32::from(cols),
+                    lock_connected: msg
+                        .and_then(|m| m.act_con.as_ref())
+                        .and_then(|m| m.connected(cell)),
+                    engaged,
+                    engaged_on_board: reported_eng.contains(&cell),
+                    timed_out: reported_to.contains(&cell) || expired_on_server,
+                    last_opened: b.reported.last_opened.get(&cell).copied(),
+                }
+            })
+            .collect())
+    }
+
+    /// Registers a board (or updates its name, notes or size) on an operator's request.
+    pub(crate) fn register_board(
+        &mut self,
+        fx: &mut Effects,
+        id: &str,
+        req: RegisterRequest,
+        actor: &str,
+    ) -> Result<Outcome, CoreError> {
+        if !::acon::is_valid_id(id) {
+            return Err(invalid(
+                "id",
+                "must be 1-64 letters, digits, '-', '_' or '.'",
+            ));
+        }
+        let size = match (req.cols, req.rows) {
+            (Some(c), Some(r)) => {
+                for (field, v) in [("cols", c), ("rows", r)] {
+                    if v == 0 || v > ::acon::MAX_DIMENSION {
+                        return Err(invalid(
+                            field,
+                            format!("must be 1..={}", ::acon::MAX_DIMENSION),
+                        ));
+                    }
+                }
+                Some((c, r))
+            }
+            (None, None) => None,
+            (Some(_), None) => return Err(invalid("rows", "give both cols and rows, or neither")),
+            (None, Some(_)) => return Err(invalid("cols", "give both cols and rows, or neither")),
+        };
+        let key = board_key(id);
+        let created = !self.devices.contains_key(&key);
+        let dev = self.devices.entry(key.clone()).or_insert_with(|| {
+            Device::new(
+                "acon",
+                id,
+                fx.now,
+                DeviceState::Board(BoardState::default()),
+            )
+        });
+        let DeviceState::Board(board) = &mut dev.state else {
+            return Err(not_found(id));
+        };
+        if size.is_some() {
+            board.reported.provisioned_size = size;
+        }
+        dev.identity.update(req.name, req.notes);
+        let details = Registration::BoardByOperator {
+            name: dev.identity.name.clone(),
+            notes: dev.identity.notes.clone(),
+            size,
+        };
+        fx.device_event(&key, actor, Event::registration(created, details));
+        fx.device_row(dev, None);
+        self.board_outcome(id)
+    }
+
+    /// Engages a cell: gives it a code (generated when none is given) and a time limit.
+    /// Assignments that ran out are ended first, in the same unit — after every check passed.
+    pub(crate) fn engage(
+        &mut self,
+        fx: &mut Effects,
+        id: &str,
+        cell: u32,
+        req: EngageRequest,
+        actor: &str,
+    ) -> Result<Outcome, CoreError> {
+        let now = fx.now;
+        let expires_at = match (req.minutes, req.expires_at) {
+            (Some(_), Some(_)) => {
+                return Err(invalid("minutes", "give minutes or expires_at, not both"));
+            }
+            (None, None) => return Err(invalid("minutes", "required (or expires_at)")),
+            (Some(m), None) if m < 1 => return Err(invalid("minutes", "must be at least 1")),
+            (Some(m), None) => {
+                let ms = m.checked_mul(60_000).and_then(|ms| now.checked_add(ms));
+                ms.ok_or_else(|| invalid("minutes", "too large"))?
+            }
+            (None, Some(at)) if at <= now => {
+                return Err(invalid("expires_at", "must be in the future"));
+            }
+            (None, Some(at)) => at,
+        };
+        if let Some(code) = &req.code
+            && (code.is_empty() || code.len() > 16 || !code.bytes().all(|b| b.is_ascii_digit()))
+        {
+            return Err(invalid(
+                "code",
+                "must be 1 to 16 decimal digits (the keypad has digits only)",
+            ));
+        }
+        let code_length = self.cfg.code_length;
+        let (dev, key) = self.board_mut(id)?;
+        let DeviceState::Board(board) = &mut dev.state else {
+            return Err(not_found(id));
+        };
+        // Validate against the assignments that are still live; mutate only once valid.
+        let count = board.cell_count().ok_or_else(|| {
+            CoreError::Conflict(format!(
+                "board {id} has not reported its matrix (COLS/ROWS) yet; register it with cols and rows first"
+            ))
+        })?;
+        if cell < 1 || cell > count {
+            return Err(outside(count));
+        }
+        let live = |c: &u32, a: &Assignment| *c != cell && a.expires_at > now;
+        let code = match req.code {
+            Some(code) => {
+                if let Some((other, _)) = board
+                    .desired
+                    .cells
+                    .iter()
+                    .find(|(c, a)| live(c, a) && a.code == code)
+                {
+                    return Err(CoreError::Conflict(format!(
+                        "code {code} is already engaged on cell {other} of board {id}; two cells of a board never share a code"
+                    )));
+                }
+                code
+            }
+            None => {
+                let taken: Vec<&str> = board
+                    .desired
+                    .cells
+                    .iter()
+                    .filter(|(c, a)| live(c, a))
+                    .map(|(_, a)| a.code.as_str())
+                    .collect();
+                generate_code(code_length, &taken).ok_or_else(|| {
+                    CoreError::Conflict(format!(
+                        "no free {code_length}-digit code left on board {id}; raise --code-length"
+                    ))
+                })?
+            }
+        };
+        for e in board.expire(now) {
+            fx.device_event(&key, SERVER, e);
+        }
+        let a = Assignment {
+            code,
+            expires_at,
+            single_use: req.single_use.unwrap_or(false),
+            assigned_at: now,
+            assigned_by: actor.to_string(),
+        };
+        let from = board.desired_version;
+        board.desired.cells.insert(cell, a.clone());
+        board.reported.expired.remove(&cell);
+        board.desired_version += 1;
+        fx.device_event(
+            &key,
+            actor,
+            Event::CellEngaged {
+                cell,
+                code: a.code.clone(),
+                expires_at: crate::clock::rfc3339(a.expires_at),
+                single_use: a.single_use,
+                version: VersionChange {
+                    from,
+                    to: board.desired_version,
+                },
+            },
+        );
+        let minutes = a.minutes_left(now).unwrap_or(1);
+        fx.device_row(dev, None);
+        Ok(Outcome::Engaged(EngagedSnapshot::of(
+            &key, cell, &a, minutes,
+        )))
+    }
+
+    /// Releases a cell's assignment. `NotFound` if the cell was not engaged.
+    pub(crate) fn release(
+        &mut self,
+        fx: &mut Effects,
+        id: &str,
+        cell: u32,
+        actor: &str,
+    ) -> Result<Outcome, CoreError> {
+        self.board_change(fx, id, actor, |board, version| {
+            let count = board.cell_count().unwrap_or(0);
+            if cell < 1 || cell > count {
+                return Err(outside(count));
+            }
+            match board.desired.cells.remove(&cell) {
+                Some(a) => Ok(Event::CellReleased {
+                    cell,
+                    code: a.code,
+                    version,
+                }),
+                None => Err(CoreError::NotFound(format!(
+                    "cell {cell} of board {id} is not engaged"
+                ))),
+            }
+        })?;
+        Ok(Outcome::Released)
+    }
+
+    /// Asks the board to reboot (RESET=1 until it reports the reboot).
+    pub(crate) fn reset(
+        &mut self,
+        fx: &mut Effects,
+        id: &str,
+        actor: &str,
+    ) -> Result<Outcome, CoreError> {
+        self.board_change(fx, id, actor, |board, version| {
+            board.desired.pending_reset = true;
+            Ok(Event::ResetRequested { version })
+        })?;
+        self.board_outcome(id)
+    }
+
+    /// Blocks (STATE=3) or unblocks the board's keypad.
+    pub(crate) fn block(
+        &mut self,
+        fx: &mut Effects,
+        id: &str,
+        blocked: bool,
+        actor: &str,
+    ) -> Result<Outcome, CoreError> {
+        self.board_change(fx, id, actor, |board, version| {
+            board.desired.blocked = blocked;
+            Ok(if blocked {
+                Event::Blocked { version }
+            } else {
+                Event::Unblocked { version }
+            })
+        })?;
+        self.board_outcome(id)
+    }
+
+    /// An operator change to a board's desired config: `change` validates, then applies, and
+    /// names the event; the version goes up by one and the row is written.
+    fn board_change(
+        &mut self,
+        fx: &mut Effects,
+        id: &str,
+        actor: &str,
+        change: impl FnOnce(&mut BoardState, VersionChange) -> Result<Event, CoreError>,
+    ) -> Result<(), CoreError> {
+        let (dev, key) = self.board_mut(id)?;
+        let DeviceState::Board(board) = &mut dev.state else {
+            return Err(not_found(id));
+        };
+        let version = VersionChange {
+            from: board.desired_version,
+            to: board.desired_version + 1,
+        };
+        let event = change(board, version)?;
+        board.desired_version = version.to;
+        fx.device_event(&key, actor, event);
+        fx.device_row(dev, None);
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,8 +844,12 @@ mod tests {
         Message::parse(text.as_bytes()).unwrap()
     }
 
-    fn kinds(events: &[RuleEvent]) -> Vec<&str> {
-        events.iter().map(|e| e.kind).collect()
+    fn kinds(events: &[Event]) -> Vec<String> {
+        events.iter().map(Event::kind).collect()
+    }
+
+    fn data(e: &Event) -> serde_json::Value {
+        serde_json::to_value(e).unwrap()
     }
 
     fn engage(b: &mut BoardState, cell: u32, code: &str, expires_at: i64, single_use: bool) {
@@ -284,6 +863,19 @@ mod tests {
                 assigned_by: "test".into(),
             },
         );
+    }
+
+    #[test]
+    fn generated_codes_avoid_taken_ones_and_report_exhaustion() {
+        let taken: Vec<String> = (0..9).map(|i| i.to_string()).collect();
+        let taken: Vec<&str> = taken.iter().map(String::as_str).collect();
+        assert_eq!(generate_code(1, &taken).as_deref(), Some("9"));
+        let mut all = taken.clone();
+        all.push("9");
+        assert_eq!(generate_code(1, &all), None);
+        let c = generate_code(4, &[]).unwrap();
+        assert_eq!(c.len(), 4);
+        assert!(c.bytes().all(|b| b.is_ascii_digit()));
     }
 
     #[test]
@@ -359,6 +951,25 @@ mod tests {
     }
 
     #[test]
+    fn the_same_frame_ten_times_is_one_reboot() {
+        let mut b = BoardState::default();
+        let m = msg(7, "RESET=1\nBOX_ACC=1\nSTATE=2\n");
+        assert_eq!(
+            kinds(&b.on_message(&m, "p", 0)),
+            ["rebooted", "cell_opened", "wrong_code"]
+        );
+        for i in 1..10 {
+            assert!(kinds(&b.on_message(&m, "p", i)).is_empty(), "copy {i}");
+        }
+        assert_eq!(b.reported.reboots, 1);
+        // A different frame with the same SEND (a real reboot right after) still counts.
+        assert_eq!(
+            kinds(&b.on_message(&msg(7, "RESET=1\n"), "p", 11)),
+            ["rebooted"]
+        );
+    }
+
+    #[test]
     fn state_codes_and_lock_changes_are_edges() {
         let mut b = BoardState::default();
         b.on_message(&msg(1, "STATE=0\nACT_CON=11,11\n"), "p", 0);
@@ -367,7 +978,7 @@ mod tests {
             kinds(&e),
             ["short_circuit", "wrong_code", "lock_disconnected"]
         );
-        assert_eq!(e[2].data["cell"], 2);
+        assert_eq!(data(&e[2])["cell"], 2);
         assert!(kinds(&b.on_message(&msg(3, "STATE=1,2\nACT_CON=10,11\n"), "p", 0)).is_empty());
         assert_eq!(
             kinds(&b.on_message(&msg(4, "STATE=0\nACT_CON=11,11\n"), "p", 0)),

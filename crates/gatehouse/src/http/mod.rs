@@ -1,27 +1,30 @@
 //! The console's HTTP API: JSON over HTTP, `Authorization: Bearer <token>` on every route.
 //!
-//! Invariants: handlers only translate between HTTP and the core (parse, validate shapes,
-//! map errors to statuses); every change goes through the core, which makes it durable and
-//! records who made it before the handler answers. Errors are JSON:
+//! Invariants: handlers only translate between HTTP and the core: they parse and check the
+//! request's shape, build a typed [`crate::core::Command`], and render the snapshot the core
+//! returns; only this module knows the API's routes, statuses and JSON. Every change goes
+//! through the core, which makes it durable and records who made it before the handler
+//! answers. Errors are JSON:
 //! `{"error": "...", "field": "..."}` (`field` when one input is to blame).
 
+mod acon;
+mod history;
 mod skaben;
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::get;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::clock::{now_ms, parse_rfc3339, rfc3339};
-use crate::core::{CoreError, EngageRequest, Hub, RegisterRequest, acon_key};
-use crate::store::EventFilter;
+use crate::clock::rfc3339;
+use crate::core::{CoreError, DeviceSummary, DeviceView, Hub};
 
 /// Who a request acts as; recorded on every change it makes.
 const ADMIN: &str = "admin";
@@ -33,41 +36,15 @@ pub struct AppState {
     pub admin_token: Arc<str>,
 }
 
-/// The API router.
+/// The API router: one router per resource (boards, props and types, history), behind the
+/// Bearer check.
 pub fn app(state: AppState) -> Router {
     let api = Router::new()
         .route("/api/devices", get(list_devices))
-        .route("/api/devices/acon/{id}", get(get_board).put(register_board))
-        .route("/api/devices/acon/{id}/cells", get(get_cells))
-        .route(
-            "/api/devices/acon/{id}/cells/{cell}",
-            put(engage_cell).delete(release_cell),
-        )
-        .route("/api/devices/acon/{id}/reset", post(reset_board))
-        .route("/api/devices/acon/{id}/block", post(block_board))
-        .route("/api/devices/acon/{id}/unblock", post(unblock_board))
-        .route("/api/devices/acon/{id}/messages", get(get_messages))
-        .route(
-            "/api/devices/{type}/{id}",
-            get(skaben::get_device).put(skaben::register_device),
-        )
-        .route(
-            "/api/devices/{type}/{id}/config",
-            put(skaben::put_config).patch(skaben::patch_config),
-        )
-        .route("/api/devices/{type}/{id}/push", post(skaben::push_device))
-        .route(
-            "/api/devices/{type}/{id}/messages",
-            get(get_device_messages),
-        )
-        .route("/api/types", get(skaben::list_types))
-        .route(
-            "/api/types/{type}",
-            get(skaben::get_type).put(skaben::put_type),
-        )
-        .route("/api/types/{type}/push", post(skaben::push_type))
-        .route("/api/events", get(get_events))
         .route("/api/stats", get(get_stats))
+        .merge(acon::routes())
+        .merge(skaben::routes())
+        .merge(history::routes())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") });
     api.layer(middleware::from_fn_with_state(state.clone(), auth))
         .with_state(state)
@@ -188,239 +165,60 @@ struct KindQuery {
     kind: Option<String>,
 }
 
+fn opt_time(ms: Option<i64>) -> Value {
+    ms.map_or(Value::Null, |t| Value::String(rfc3339(t)))
+}
+
+/// What every device's page starts with; the protocol's routes add their fields.
+fn device_json(d: &DeviceView) -> serde_json::Map<String, Value> {
+    let mut m = serde_json::Map::new();
+    for (k, v) in [
+        ("kind", json!(d.kind)),
+        ("id", json!(d.id)),
+        ("protocol", json!(d.protocol)),
+        ("name", json!(d.name)),
+        ("notes", json!(d.notes)),
+        ("first_seen", json!(rfc3339(d.first_seen))),
+        ("last_seen", opt_time(d.last_seen)),
+        ("online", json!(d.online)),
+        ("presence_changed_at", json!(rfc3339(d.presence_changed_at))),
+    ] {
+        m.insert(k.into(), v);
+    }
+    m
+}
+
+/// A page: the shared device fields, then the protocol's.
+fn page_json(d: &DeviceView, rest: Value) -> Value {
+    let mut m = device_json(d);
+    if let Value::Object(r) = rest {
+        m.extend(r);
+    }
+    Value::Object(m)
+}
+
+fn summary_json(s: &DeviceSummary) -> Value {
+    let d = &s.device;
+    json!({
+        "kind": d.kind,
+        "id": d.id,
+        "protocol": d.protocol,
+        "name": d.name,
+        "online": d.online,
+        "last_seen": opt_time(d.last_seen),
+        "first_seen": rfc3339(d.first_seen),
+        "blocked": s.blocked,
+    })
+}
+
 async fn list_devices(State(s): State<AppState>, Query(q): Query<KindQuery>) -> ApiResult {
-    ok(s.hub.list(q.kind.as_deref()))
-}
-
-async fn get_board(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult {
-    match s.hub.acon_board(&id) {
-        Some(b) => ok(b),
-        None => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("no board acon/{id}"),
-        )),
-    }
-}
-
-async fn register_board(
-    State(s): State<AppState>,
-    Path(id): Path<String>,
-    bytes: Bytes,
-) -> ApiResult {
-    let req: RegisterRequest = body(&bytes)?;
-    s.hub.acon_register(&id, req, ADMIN, now_ms()).await?;
-    get_board(State(s), Path(id)).await
-}
-
-async fn get_cells(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult {
-    ok(s.hub.acon_cells(&id, now_ms())?)
-}
-
-fn parse_cell(cell: &str) -> Result<u32, ApiError> {
-    cell.parse()
-        .map_err(|_| ApiError::field("cell", format!("cell: {cell:?} is not a cell number")))
-}
-
-/// The engage body: like [`EngageRequest`], with `expires_at` as RFC 3339 and typed checks.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EngageBody {
-    minutes: Option<Value>,
-    expires_at: Option<String>,
-    code: Option<Value>,
-    single_use: Option<Value>,
-}
-
-async fn engage_cell(
-    State(s): State<AppState>,
-    Path((id, cell)): Path<(String, String)>,
-    bytes: Bytes,
-) -> ApiResult {
-    let cell = parse_cell(&cell)?;
-    let b: EngageBody = body(&bytes)?;
-    let minutes = match b.minutes {
-        None | Some(Value::Null) => None,
-        Some(Value::Number(n)) => Some(n.as_i64().ok_or_else(|| {
-            ApiError::field("minutes", "minutes: must be a whole number of minutes")
-        })?),
-        Some(_) => return Err(ApiError::field("minutes", "minutes: must be a number")),
-    };
-    let expires_at = match b.expires_at {
-        None => None,
-        Some(t) => Some(parse_rfc3339(&t).ok_or_else(|| {
-            ApiError::field(
-                "expires_at",
-                format!("expires_at: {t:?} is not an RFC 3339 time"),
-            )
-        })?),
-    };
-    let code = match b.code {
-        None | Some(Value::Null) => None,
-        Some(Value::String(c)) => Some(c),
-        Some(_) => {
-            return Err(ApiError::field(
-                "code",
-                "code: must be a string of digits, e.g. \"1492\"",
-            ));
-        }
-    };
-    let single_use = match b.single_use {
-        None | Some(Value::Null) => None,
-        Some(Value::Bool(v)) => Some(v),
-        Some(_) => {
-            return Err(ApiError::field(
-                "single_use",
-                "single_use: must be true or false",
-            ));
-        }
-    };
-    let req = EngageRequest {
-        minutes,
-        expires_at,
-        code,
-        single_use,
-    };
-    let view = s.hub.acon_engage(&id, cell, req, ADMIN, now_ms()).await?;
-    let mut v = serde_json::to_value(&view)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    v["cell"] = json!(cell);
-    v["device"] = json!(acon_key(&id));
-    ok(v)
-}
-
-async fn release_cell(
-    State(s): State<AppState>,
-    Path((id, cell)): Path<(String, String)>,
-) -> ApiResult {
-    let cell = parse_cell(&cell)?;
-    s.hub.acon_release(&id, cell, ADMIN, now_ms()).await?;
-    Ok(StatusCode::NO_CONTENT.into_response())
-}
-
-async fn reset_board(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult {
-    s.hub.acon_reset(&id, ADMIN, now_ms()).await?;
-    get_board(State(s), Path(id)).await
-}
-
-async fn block_board(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult {
-    s.hub.acon_block(&id, true, ADMIN, now_ms()).await?;
-    get_board(State(s), Path(id)).await
-}
-
-async fn unblock_board(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult {
-    s.hub.acon_block(&id, false, ADMIN, now_ms()).await?;
-    get_board(State(s), Path(id)).await
-}
-
-#[derive(Deserialize)]
-struct LimitQuery {
-    limit: Option<String>,
-}
-
-fn limit(q: Option<String>) -> Result<u32, ApiError> {
-    match q {
-        None => Ok(100),
-        Some(l) => match l.parse::<u32>() {
-            Ok(n) if (1..=10_000).contains(&n) => Ok(n),
-            _ => Err(ApiError::field(
-                "limit",
-                format!("limit: {l:?} must be a number from 1 to 10000"),
-            )),
-        },
-    }
-}
-
-async fn get_messages(
-    State(s): State<AppState>,
-    Path(id): Path<String>,
-    Query(q): Query<LimitQuery>,
-) -> ApiResult {
-    if s.hub.acon_board(&id).is_none() {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("no board acon/{id}"),
-        ));
-    }
-    messages(&s, acon_key(&id), q).await
-}
-
-/// Messages of a SKABEN device (every packet in, with what went out in answer).
-async fn get_device_messages(
-    State(s): State<AppState>,
-    Path((ty, id)): Path<(String, String)>,
-    Query(q): Query<LimitQuery>,
-) -> ApiResult {
-    let (ty, id) = (ty.to_ascii_lowercase(), id.to_ascii_lowercase());
-    // `<type>/all` has messages too (packets from a whole type).
-    if id != "all" && s.hub.skaben_device(&ty, &id).is_none() {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("no device {ty}/{id}"),
-        ));
-    }
-    messages(&s, format!("{ty}/{id}"), q).await
-}
-
-async fn messages(s: &AppState, device: String, q: LimitQuery) -> ApiResult {
-    let limit = limit(q.limit)?;
-    let rows = s
+    let list: Vec<Value> = s
         .hub
-        .store()
-        .messages(device, limit)
-        .await
-        .map_err(CoreError::from)?;
-    let out: Vec<Value> = rows
-        .into_iter()
-        .map(|m| {
-            let r = m.record;
-            json!({
-                "seq": m.seq,
-                "at": rfc3339(r.at),
-                "send": r.send,
-                "peer": r.peer,
-                "raw": r.raw,
-                "parsed": serde_json::from_str::<Value>(&r.parsed).unwrap_or(Value::String(r.parsed)),
-                "answer": r.answer,
-            })
-        })
+        .list(q.kind.as_deref())
+        .iter()
+        .map(summary_json)
         .collect();
-    ok(out)
-}
-
-#[derive(Deserialize)]
-struct EventQuery {
-    device: Option<String>,
-    kind: Option<String>,
-    limit: Option<String>,
-}
-
-async fn get_events(State(s): State<AppState>, Query(q): Query<EventQuery>) -> ApiResult {
-    let filter = EventFilter {
-        device: q.device,
-        kind: q.kind,
-        limit: limit(q.limit)?,
-    };
-    let rows = s
-        .hub
-        .store()
-        .events(filter)
-        .await
-        .map_err(CoreError::from)?;
-    let out: Vec<Value> = rows
-        .into_iter()
-        .map(|e| {
-            let r = e.record;
-            json!({
-                "seq": e.seq,
-                "at": rfc3339(r.at),
-                "device": r.device,
-                "kind": r.kind,
-                "actor": r.actor,
-                "data": serde_json::from_str::<Value>(&r.data).unwrap_or(Value::String(r.data)),
-            })
-        })
-        .collect();
-    ok(out)
+    ok(list)
 }
 
 async fn get_stats(State(s): State<AppState>) -> ApiResult {

@@ -1,57 +1,178 @@
-//! SKABEN routes: device pages, config replace/patch with `If-Match`, pushes, device types.
+//! SKABEN routes: prop pages, config replace/patch with `If-Match`, pushes, device types.
 
+use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::IntoResponse;
-use serde_json::Value;
+use axum::routing::{get, post, put};
+use serde_json::{Value, json};
 
-use super::{ADMIN, ApiError, ApiResult, AppState, body, ok};
+use super::acon::unexpected;
+use super::{ADMIN, ApiError, ApiResult, AppState, body, ok, page_json};
 use crate::clock::now_ms;
-use crate::core::skaben::{ConfigEdit, SkabenRegister, SkabenView, TypeUpdate};
+use crate::core::skaben::{Delivery, DeviceType, Push, Reported};
+use crate::core::{
+    Command, ConfigEdit, Outcome, PropSnapshot, SkabenRegister, TypeSnapshot, TypeUpdate,
+};
 
-/// The device page with its config version as the ETag (what `If-Match` takes).
-fn page(v: SkabenView, status: StatusCode) -> ApiResult {
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/api/devices/{type}/{id}",
+            get(get_device).put(register_device),
+        )
+        .route(
+            "/api/devices/{type}/{id}/config",
+            put(put_config).patch(patch_config),
+        )
+        .route("/api/devices/{type}/{id}/push", post(push_device))
+        .route("/api/types", get(list_types))
+        .route("/api/types/{type}", get(get_type).put(put_type))
+        .route("/api/types/{type}/push", post(push_type))
+}
+
+fn push_json(p: &Push) -> Value {
+    json!({
+        "version": p.version,
+        "hash": p.hash,
+        "task_ids": p.task_ids,
+        "overwrite": p.overwrite,
+        "first_sent_at": p.first_sent_at,
+        "last_sent_at": p.last_sent_at,
+        "attempts": p.attempts,
+        "state": p.state,
+        "reason": p.reason,
+    })
+}
+
+fn delivery_json(d: &Delivery) -> Value {
+    json!({
+        "confirmed_version": d.confirmed_version,
+        "confirmed_hash": d.confirmed_hash,
+        "confirmed_at": d.confirmed_at,
+        "confirmed_by": d.confirmed_by,
+        "pending": d.pending.as_ref().map(push_json),
+        "confirms": d.confirms,
+    })
+}
+
+fn reported_json(r: &Reported) -> Value {
+    json!({
+        "values": r.values,
+        "last_sup_at": r.last_sup_at,
+        "hash": r.hash,
+        "pong_timestamp": r.pong_timestamp,
+    })
+}
+
+fn prop_json(v: &PropSnapshot) -> Value {
+    page_json(
+        &v.device,
+        json!({
+            "type_kind": v.type_kind,
+            "profile": v.profile,
+            "desired": {
+                "config": v.desired.config,
+                "version": v.desired.version,
+                "hash": v.desired.hash,
+                "source": v.desired.source,
+                "author": v.desired.author,
+            },
+            "reported": reported_json(&v.reported),
+            "delivery": delivery_json(&v.delivery),
+            "in_sync": v.in_sync,
+        }),
+    )
+}
+
+fn type_def_json(t: &DeviceType) -> serde_json::Map<String, Value> {
+    let v = json!({
+        "name": t.name,
+        "kind": t.kind,
+        "active": t.active,
+        "profile": t.profile,
+        "keepalive_secs": t.keepalive_secs,
+        "config": t.config,
+        "config_version": t.config_version,
+        "config_hash": t.config_hash,
+        "schema": t.schema,
+        "updated_at": t.updated_at,
+    });
+    match v {
+        Value::Object(m) => m,
+        _ => serde_json::Map::new(),
+    }
+}
+
+fn type_json(t: &TypeSnapshot) -> Value {
+    let mut m = type_def_json(&t.def);
+    m.insert("devices".into(), json!(t.devices));
+    Value::Object(m)
+}
+
+/// The prop page with its config version as the ETag (what `If-Match` takes).
+fn page(v: &PropSnapshot, status: StatusCode) -> ApiResult {
     let etag = HeaderValue::from_str(&format!("\"{}\"", v.desired.version))
         .unwrap_or(HeaderValue::from_static("\"0\""));
-    let mut r = (status, axum::Json(v)).into_response();
+    let mut r = (status, axum::Json(prop_json(v))).into_response();
     r.headers_mut().insert(header::ETAG, etag);
     Ok(r)
 }
 
-fn not_found(ty: &str, id: &str) -> ApiError {
+/// Runs a prop command and answers with the prop's page.
+async fn prop_command(s: &AppState, cmd: Command) -> ApiResult {
+    match s.hub.execute(cmd, ADMIN, now_ms()).await? {
+        Outcome::Prop { page: v, created } => page(
+            &v,
+            if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            },
+        ),
+        other => Err(unexpected(&other)),
+    }
+}
+
+/// Runs a type command and answers with the type.
+async fn type_command(s: &AppState, cmd: Command, created_status: bool) -> ApiResult {
+    match s.hub.execute(cmd, ADMIN, now_ms()).await? {
+        Outcome::Type { view, created } => {
+            let status = if created && created_status {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            Ok((status, axum::Json(type_json(&view))).into_response())
+        }
+        other => Err(unexpected(&other)),
+    }
+}
+
+pub(super) fn not_found(ty: &str, id: &str) -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, format!("no device {ty}/{id}"))
 }
 
-pub(super) async fn get_device(
+async fn get_device(
     State(s): State<AppState>,
     Path((ty, id)): Path<(String, String)>,
 ) -> ApiResult {
     let (ty, id) = (ty.to_ascii_lowercase(), id.to_ascii_lowercase());
     match s.hub.skaben_device(&ty, &id) {
-        Some(v) => page(v, StatusCode::OK),
+        Some(v) => page(&v, StatusCode::OK),
         None => Err(not_found(&ty, &id)),
     }
 }
 
-pub(super) async fn register_device(
+async fn register_device(
     State(s): State<AppState>,
     Path((ty, id)): Path<(String, String)>,
     bytes: Bytes,
 ) -> ApiResult {
     let req: SkabenRegister = body(&bytes)?;
-    let (v, created) = s
-        .hub
-        .skaben_register(&ty.to_ascii_lowercase(), &id, req, ADMIN, now_ms())
-        .await?;
-    page(
-        v,
-        if created {
-            StatusCode::CREATED
-        } else {
-            StatusCode::OK
-        },
-    )
+    let ty = ty.to_ascii_lowercase();
+    prop_command(&s, Command::RegisterProp { ty, id, req }).await
 }
 
 /// `If-Match: "5"`, `5` or `W/"5"`; `*` or absent: no check.
@@ -94,20 +215,11 @@ async fn set_config(
         merge,
         if_match: if_match(&headers)?,
     };
-    let v = s
-        .hub
-        .skaben_set_config(
-            &ty.to_ascii_lowercase(),
-            &id.to_ascii_lowercase(),
-            edit,
-            ADMIN,
-            now_ms(),
-        )
-        .await?;
-    page(v, StatusCode::OK)
+    let (ty, id) = (ty.to_ascii_lowercase(), id.to_ascii_lowercase());
+    prop_command(&s, Command::SetConfig { ty, id, edit }).await
 }
 
-pub(super) async fn put_config(
+async fn put_config(
     State(s): State<AppState>,
     Path((ty, id)): Path<(String, String)>,
     headers: HeaderMap,
@@ -116,7 +228,7 @@ pub(super) async fn put_config(
     set_config(s, ty, id, headers, bytes, false).await
 }
 
-pub(super) async fn patch_config(
+async fn patch_config(
     State(s): State<AppState>,
     Path((ty, id)): Path<(String, String)>,
     headers: HeaderMap,
@@ -125,30 +237,23 @@ pub(super) async fn patch_config(
     set_config(s, ty, id, headers, bytes, true).await
 }
 
-pub(super) async fn push_device(
+async fn push_device(
     State(s): State<AppState>,
     Path((ty, id)): Path<(String, String)>,
 ) -> ApiResult {
-    let v = s
-        .hub
-        .skaben_push(
-            &ty.to_ascii_lowercase(),
-            &id.to_ascii_lowercase(),
-            ADMIN,
-            now_ms(),
-        )
-        .await?;
-    page(v, StatusCode::OK)
+    let (ty, id) = (ty.to_ascii_lowercase(), id.to_ascii_lowercase());
+    prop_command(&s, Command::PushDevice { ty, id }).await
 }
 
-pub(super) async fn list_types(State(s): State<AppState>) -> ApiResult {
-    ok(s.hub.skaben_types())
+async fn list_types(State(s): State<AppState>) -> ApiResult {
+    let list: Vec<Value> = s.hub.skaben_types().iter().map(type_json).collect();
+    ok(list)
 }
 
-pub(super) async fn get_type(State(s): State<AppState>, Path(name): Path<String>) -> ApiResult {
+async fn get_type(State(s): State<AppState>, Path(name): Path<String>) -> ApiResult {
     let name = name.to_ascii_lowercase();
     match s.hub.skaben_type(&name) {
-        Some(t) => ok(t),
+        Some(t) => ok(type_json(&t)),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!("no device type {name:?}"),
@@ -156,23 +261,12 @@ pub(super) async fn get_type(State(s): State<AppState>, Path(name): Path<String>
     }
 }
 
-pub(super) async fn put_type(
-    State(s): State<AppState>,
-    Path(name): Path<String>,
-    bytes: Bytes,
-) -> ApiResult {
-    let upd: TypeUpdate = body(&bytes)?;
-    let (t, created) = s.hub.skaben_put_type(&name, upd, ADMIN, now_ms()).await?;
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok((status, axum::Json(t)).into_response())
+async fn put_type(State(s): State<AppState>, Path(name): Path<String>, bytes: Bytes) -> ApiResult {
+    let update: TypeUpdate = body(&bytes)?;
+    type_command(&s, Command::PutType { name, update }, true).await
 }
 
-pub(super) async fn push_type(State(s): State<AppState>, Path(name): Path<String>) -> ApiResult {
-    ok(s.hub
-        .skaben_push_type(&name.to_ascii_lowercase(), ADMIN, now_ms())
-        .await?)
+async fn push_type(State(s): State<AppState>, Path(name): Path<String>) -> ApiResult {
+    let name = name.to_ascii_lowercase();
+    type_command(&s, Command::PushType { name }, false).await
 }

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use gatehouse::core::{Event, RecordedEvent};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -260,11 +261,28 @@ async fn pong_rules(broker: Broker) {
     assert_eq!(ev.last().unwrap()["data"]["topic"], "lock/all/ping");
 }
 
+/// The next recorded event a subscriber gets that matches `want` (others are skipped).
+async fn next_event(
+    rx: &mut tokio::sync::broadcast::Receiver<std::sync::Arc<RecordedEvent>>,
+    want: impl Fn(&RecordedEvent) -> bool,
+) -> RecordedEvent {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let e = rx.recv().await.unwrap();
+            if want(&e) {
+                return (*e).clone();
+            }
+        }
+    })
+    .await
+    .unwrap()
+}
+
 /// SUP merges into the config as a version by the device, without a CUP echo; a SUP against
 /// the type's schema is refused with the reason; INFO is an event handed to the scenario hook.
 async fn sup_info_and_all(broker: Broker) {
     let b = Bench::start(broker).await;
-    let mut scenario = b.server.running().hub.scenario_inputs();
+    let mut scenario = b.server.running().hub.subscribe();
     let mut lock = b.prop("lock", &[&format!("lock/{LOCK}/#")]).await;
     lock.send(
         &format!("ask/lock/{LOCK}/cup"),
@@ -303,12 +321,20 @@ async fn sup_info_and_all(broker: Broker) {
     assert_eq!(dev["in_sync"], true, "the device holds what it reported");
     lock.nothing_on(&format!("lock/{LOCK}/cup"), Duration::from_millis(500))
         .await;
-    match tokio::time::timeout(Duration::from_secs(5), scenario.recv())
-        .await
-        .unwrap()
-        .unwrap()
+    // The subscriber sees every committed event; the SUP is the config change via `sup`.
+    match next_event(
+        &mut scenario,
+        |e| matches!(&e.event, Event::ConfigChanged { via, .. } if via == "sup"),
+    )
+    .await
     {
-        gatehouse::core::skaben::ScenarioInput::Sup { device, keys, .. } => {
+        RecordedEvent {
+            device: Some(device),
+            event: Event::ConfigChanged {
+                keys: Some(keys), ..
+            },
+            ..
+        } => {
             assert_eq!(device, format!("lock/{LOCK}"));
             assert_eq!(keys, json!({"closed": false}));
         }
@@ -321,13 +347,11 @@ async fn sup_info_and_all(broker: Broker) {
         ev.iter().rev().find(|e| e["kind"] == "info").unwrap()["data"]["datahold"]["content"],
         "123456"
     );
-    match tokio::time::timeout(Duration::from_secs(5), scenario.recv())
-        .await
-        .unwrap()
-        .unwrap()
-    {
-        gatehouse::core::skaben::ScenarioInput::Info {
-            device, datahold, ..
+    match next_event(&mut scenario, |e| matches!(e.event, Event::Info { .. })).await {
+        RecordedEvent {
+            device: Some(device),
+            event: Event::Info { datahold },
+            ..
         } => {
             assert_eq!(device, format!("lock/{LOCK}"));
             assert_eq!(datahold["type"], "access");
