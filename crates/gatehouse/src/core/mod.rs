@@ -94,7 +94,7 @@ pub(crate) fn invalid(field: &'static str, reason: impl Into<String>) -> CoreErr
 }
 
 /// Counters since start, for `/api/stats` and the logs.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default)]
 pub struct Stats {
     pub acon_messages: AtomicU64,
     pub acon_malformed: AtomicU64,
@@ -413,8 +413,9 @@ impl Hub {
     /// One inbound MQTT publish. Never fails: whatever is wrong becomes an event. Returns the
     /// commit of a packet that changes state (SUP, INFO), which its acknowledgement waits for.
     pub fn skaben_packet(&self, topic: &str, raw: &[u8], now: i64) -> Option<Commit> {
+        let packet = skaben::Packet::read(topic, raw);
         let (durable, commit) = self
-            .change(now, |st, fx| Ok(st.skaben_packet(fx, topic, raw)))
+            .change(now, |st, fx| Ok(st.skaben_parsed(fx, &packet)))
             .ok()?;
         if durable { commit } else { None }
     }

@@ -222,5 +222,17 @@ async fn list_devices(State(s): State<AppState>, Query(q): Query<KindQuery>) -> 
 }
 
 async fn get_stats(State(s): State<AppState>) -> ApiResult {
-    ok(&s.hub.stats)
+    let st = &s.hub.stats;
+    let n = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    ok(json!({
+        "acon_messages": n(&st.acon_messages),
+        "acon_malformed": n(&st.acon_malformed),
+        "acon_rejected": n(&st.acon_rejected),
+        "store_failures": n(&st.store_failures),
+        "skaben_packets": n(&st.skaben_packets),
+        "skaben_malformed": n(&st.skaben_malformed),
+        "skaben_rejected": n(&st.skaben_rejected),
+        "skaben_cups_sent": n(&st.skaben_cups_sent),
+        "skaben_publish_failures": n(&st.skaben_publish_failures),
+    }))
 }

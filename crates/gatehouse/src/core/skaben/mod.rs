@@ -516,6 +516,48 @@ fn snapshot(dev: &Device, ty: &DeviceType) -> Option<PropSnapshot> {
     })
 }
 
+/// An inbound packet, read before the state is locked (parsing holds no lock).
+pub struct Packet<'a> {
+    pub topic: &'a str,
+    pub raw: &'a [u8],
+    /// The topic and payload parsed, with the device key; or the device the topic seems to
+    /// name and why it could not be read.
+    read: Result<(Inbound, Payload, String), (Option<String>, String)>,
+    /// What the server read from the payload (the message row's `parsed`).
+    summary: String,
+    /// The raw payload as kept in the message row.
+    clipped: String,
+}
+
+impl<'a> Packet<'a> {
+    pub fn read(topic: &'a str, raw: &'a [u8]) -> Packet<'a> {
+        let read = match Inbound::parse(topic) {
+            Err(e) => Err((skaben::device_of_topic(topic), e.to_string())),
+            Ok(inbound) => {
+                let key = key(&inbound.device_type, inbound.target.as_str());
+                match Payload::parse(raw) {
+                    Ok(p) => Ok((inbound, p, key)),
+                    Err(e) => Err((Some(key), e.to_string())),
+                }
+            }
+        };
+        // The payload itself is the raw column; this is what the server read from it.
+        let summary = match &read {
+            Ok((inbound, p, _)) => json!({"command": inbound.command.as_str(),
+                "timestamp": p.timestamp, "task_id": p.task_id, "hash": p.hash})
+            .to_string(),
+            Err(_) => String::new(),
+        };
+        Packet {
+            topic,
+            raw,
+            read,
+            summary,
+            clipped: clip(raw),
+        }
+    }
+}
+
 impl State {
     /// Loads (seeding on first start) the device types; returns the seed's writes.
     pub(crate) fn load_types(
@@ -703,22 +745,19 @@ impl State {
     /// whether its acknowledgement must wait for the commit (a SUP or INFO, which change
     /// state); other packets' records go to the store as background units.
     pub fn skaben_packet(&mut self, fx: &mut Effects, topic: &str, raw: &[u8]) -> bool {
+        self.skaben_parsed(fx, &Packet::read(topic, raw))
+    }
+
+    /// [`State::skaben_packet`] on a packet read beforehand (outside the lock).
+    pub fn skaben_parsed(&mut self, fx: &mut Effects, packet: &Packet) -> bool {
         fx.counts.skaben_packets += 1;
-        let inbound = match Inbound::parse(topic) {
-            Ok(i) => i,
-            Err(e) => {
-                let device = skaben::device_of_topic(topic);
-                self.skaben_malformed(fx, device, topic, raw, e.to_string());
+        let (topic, raw) = (packet.topic, packet.raw);
+        let (inbound, payload, key) = match &packet.read {
+            Err((device, reason)) => {
+                self.skaben_malformed(fx, device.clone(), topic, raw, reason.clone());
                 return false;
             }
-        };
-        let key = key(&inbound.device_type, inbound.target.as_str());
-        let payload = match Payload::parse(raw) {
-            Ok(p) => p,
-            Err(e) => {
-                self.skaben_malformed(fx, Some(key), topic, raw, e.to_string());
-                return false;
-            }
+            Ok(ok) => ok,
         };
         let durable = matches!(inbound.command, Command::Sup | Command::Info);
         fx.wait = durable;
@@ -727,16 +766,13 @@ impl State {
                 "unknown device type {:?}; add it with PUT /api/types/{}",
                 inbound.device_type, inbound.device_type
             );
-            self.refuse_prop(fx, &key, topic, reason);
+            self.refuse_prop(fx, key, topic, reason);
             return false;
         }
-        // The payload itself is the raw column; this is what the server read from it.
-        let parsed = json!({"command": inbound.command.as_str(), "timestamp": payload.timestamp,
-                            "task_id": payload.task_id, "hash": payload.hash});
         let out = match &inbound.target {
-            Target::All => self.packet_from_all(fx, &inbound, &payload, &key),
+            Target::All => self.packet_from_all(fx, inbound, payload, key),
             Target::Device(id) => {
-                match self.packet_from_prop(fx, &inbound, id, &payload, raw, &key, topic) {
+                match self.packet_from_prop(fx, inbound, id, payload, raw, key, topic) {
                     Some(out) => out,
                     None => return false,
                 }
@@ -748,12 +784,12 @@ impl State {
             .collect::<Vec<_>>()
             .join("\n");
         fx.writes.push(Write::Message(MessageRecord {
-            device: key,
+            device: key.clone(),
             at: fx.now,
             send: None,
             peer: topic.to_string(),
-            raw: clip(raw),
-            parsed: parsed.to_string(),
+            raw: packet.clipped.clone(),
+            parsed: packet.summary.clone(),
             answer,
         }));
         durable

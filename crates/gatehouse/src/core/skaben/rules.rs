@@ -635,4 +635,33 @@ mod tests {
         );
         assert!(out.cups.is_empty(), "{:?}", out.cups);
     }
+
+    /// The copies that had drifted apart: an unknown type is counted as a refusal like an
+    /// unknown device, and malformed input keeps the same 2 KiB on both protocols.
+    #[test]
+    fn refusals_are_counted_and_malformed_input_is_kept_alike_on_both_protocols() {
+        let mut st = state();
+        let mut fx = Effects::new(T0);
+        st.skaben_packet(
+            &mut fx,
+            "ask/nosuch/00aabbccddee/pong",
+            b"{\"timestamp\":1}",
+        );
+        assert_eq!(fx.counts.skaben_rejected, 1, "unknown type");
+        let big = vec![b'x'; 3000];
+        let mut prop = Effects::new(T0);
+        st.skaben_packet(&mut prop, "ask/rgb/a4cf12aabbcc/sup", &big);
+        let mut board = Effects::new(T0);
+        st.acon_malformed(&mut board, &big, "not a frame", "10.0.0.5:4000");
+        for fx in [prop, board] {
+            let rec = fx.events[0].record();
+            assert_eq!(rec.kind, "malformed");
+            let data: Value = serde_json::from_str(&rec.data).unwrap();
+            assert_eq!(data["raw"].as_str().unwrap().len(), 2048);
+            assert_eq!(
+                (data["raw_len"].as_u64(), data["truncated"].as_bool()),
+                (Some(3000), Some(true))
+            );
+        }
+    }
 }
