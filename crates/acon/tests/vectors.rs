@@ -1,4 +1,4 @@
-//! The spec's test vectors (`shared/spec/acon.md`, "Test vectors" 1-8) at the codec level, and
+//! The test vectors (`docs/protocol/acon.md`, "Test vectors" 1-8) at the codec level, and
 //! the codec's other rules: field checks, unknown keys, line endings, the answer's exact bytes.
 //!
 //! Tests go through the public API only (`Decoder`, `Message`, `Answer`), so the codec's
@@ -9,7 +9,8 @@ use acon::{
     LinkState, Matrix, Message, ParseError, StateCode,
 };
 
-/// The seed's example message, lines without their ending.
+/// The example message of `docs/protocol/acon.md` ("the seed message"), lines without their
+/// ending.
 const SEED: &[&str] = &[
     "ACon_V1.0",
     "ID=1953",

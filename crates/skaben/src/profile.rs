@@ -1,7 +1,7 @@
 //! What the server sends, laid out for the client that will read it.
 //!
-//! Two kinds of clients exist (`shared/spec/skaben.md`, "Compatibility with the reference
-//! client"):
+//! Two kinds of clients exist (`docs/protocol/skaben.md`, "Compatibility with the reference
+//! client" and "Client profiles"):
 //! - [`ClientProfile::Standard`]: reads the top-level `task_id`, `hash` and `overwrite` of a
 //!   CUP, as the packet list describes;
 //! - [`ClientProfile::Reference`]: the public Python client `skabenclient` (locks, terminals).

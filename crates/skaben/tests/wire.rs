@@ -1,4 +1,4 @@
-//! The spec's wire examples (`shared/spec/skaben.md`, "Wire examples"), every line, through the
+//! The wire examples (`docs/protocol/skaben.md`, "Wire examples"), every line, through the
 //! public API: device → server lines through topic and payload parsing, server → device lines
 //! through the builders, which must produce the same topic and a payload that parses back to
 //! the example. Then the encoding side of "Compatibility with the reference client".
@@ -10,7 +10,8 @@ use skaben::{
     ping_payload, ping_topic, strip_meta,
 };
 
-/// The spec's list, verbatim: topic, payload, and a comment in parentheses on some lines.
+/// The list in `docs/protocol/skaben.md`, verbatim: topic, payload, and a comment in
+/// parentheses on some lines.
 const WIRE: &str = r#"
 lock/all/ping                  {"timestamp":1716400000}
 ask/lock/b827eb0a1b2c/pong     {"timestamp":1716399990,"hash":"d9766421904225c7f5de0e061004bb78"}

@@ -4,7 +4,7 @@
 //! message, hands it every answer, and tells it when someone types a code. Each call returns
 //! the [`Event`]s to print. Keeping the rules here makes them testable without a network.
 //!
-//! The rules, as a board follows them (spec: "Message numbers and retries"):
+//! The rules, as a board follows them (`docs/protocol/acon.md`, "Message numbers and retries"):
 //! - SEND goes up by one for every message, retries included; only an answer whose SEND is
 //!   the latest message's is taken, once. Any other answer is late and ignored.
 //! - A taken answer replaces the whole cell table with its `BOX_ENG` lines; minutes become

@@ -5,7 +5,7 @@
 //! SUP or an INFO. Each call returns the packets to publish. Keeping the rules here makes them
 //! testable without a network.
 //!
-//! The rules follow `shared/spec/skaben.md` ("Compatibility with the reference client"):
+//! The rules follow `docs/protocol/skaben.md` ("Compatibility with the reference client"):
 //!
 //! **Smart devices** (`lock`, `terminal`) keep a structured config.
 //! - On every (re)connect: a CUP request `ask/<type>/<id>/cup`
@@ -25,8 +25,8 @@
 //!     datahold means replace; the whole datahold (meta keys included) is merged into, or
 //!     replaces, its saved config, so the `hash` it holds is the one saved there. It ACKs
 //!     with `"task_id": "missing"` when the datahold has none, and not at all for an empty
-//!     datahold. The merge is RFC 7386 too (the Python client's exact merge is not in the
-//!     spec; for flat configs, which is what locks and terminals hold, they agree).
+//!     datahold. The merge is RFC 7386 too (the Python client's exact merge is not
+//!     documented; for flat configs, which is what locks and terminals hold, they agree).
 //!   - ACK: `ask/<type>/<id>/ack` `{"timestamp": <the CUP's>, "hash": …, "task_id": …}`.
 //! - SUP, when told to: `{"timestamp": …, "datahold": {"closed": <toggled>}}`, the toggle
 //!   applied to its own config too (a player opened the lock). INFO, when told to:

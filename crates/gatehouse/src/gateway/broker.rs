@@ -1,9 +1,9 @@
 //! The embedded MQTT broker: mqtt5 0.49 (pinned, see `docs/decisions/mqtt-broker.md`) run
 //! inside `gatehouse serve`, so that a venue needs no separate broker.
 //!
-//! This module is the only place that knows mqtt5; replacing it (rmqtt is the fallback) means
-//! rewriting this file only. The gateway's client connects to this broker over loopback exactly
-//! as it would to an external one (see [`super::mqtt`]).
+//! This module and [`super::inproc`] (the core's in-process link: mqtt5's publish hook in, its
+//! router out) are the only places that know mqtt5; replacing it (rmqtt is the fallback) means
+//! rewriting those two. Devices and the tools connect to it over TCP like to any broker.
 //!
 //! Invariants:
 //! - [`EmbeddedBroker::start`] returns only once the listener is bound and the broker accepts

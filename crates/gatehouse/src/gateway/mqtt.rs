@@ -1,17 +1,19 @@
-//! The MQTT gateway: the one client (rumqttc) that connects the core to the SKABEN devices'
-//! broker — the embedded one ([`super::broker`]) over loopback, or an external one given by
-//! `--mqtt-url` — and the parsing of that URL.
+//! The MQTT client gateway: the client (rumqttc) that connects the core to an external SKABEN
+//! broker given by `--mqtt-url` (Mosquitto, EMQX, RabbitMQ's MQTT plugin…), and the parsing of
+//! that URL. With the embedded broker the core is linked in-process instead
+//! ([`super::inproc`]); this client can still connect to the embedded broker over TCP (the
+//! gateway's own tests do).
 //!
 //! The parts:
-//! - [`MqttSettings`] (from the command line) and [`connect`], which starts the embedded broker
-//!   if asked and builds the client: the one call `server.rs` makes;
+//! - [`MqttSettings`] (from the command line: embedded or external) and [`connect`], which
+//!   builds the client for an external broker: the call `server.rs` makes;
 //! - [`MqttUrl`]: `mqtt://[user[:password]@]host[:port]`, parsed here (rumqttc's parser wants a
 //!   `?client_id=`), the password never printed;
 //! - [`client`] → ([`MqttBus`], [`MqttConnection`]): the bus is the core's [`Bus`]; the
 //!   connection is the event loop, driven by [`MqttConnection::run`] in a task of its own.
 //!
 //! Invariants:
-//! - One code path for the embedded and an external broker.
+//! - The core sees the same [`Bus`] and [`PacketHandler`] whichever link is used.
 //! - [`MqttBus::publish`] never blocks and never awaits: it queues (up to [`REQUEST_QUEUE`]
 //!   requests) or refuses, counts the refusal ([`MqttBus::dropped`]) and logs it, at most one
 //!   line per 10 s.
