@@ -626,13 +626,10 @@ impl State {
         if size.is_some() {
             board.reported.provisioned_size = size;
         }
-        dev.identity.update(req.name, req.notes);
-        let details = Registration::BoardByOperator {
-            name: dev.identity.name.clone(),
-            notes: dev.identity.notes.clone(),
-            size,
-        };
-        fx.device_event(&key, actor, Event::registration(created, details));
+        let event = dev.operator_update(created, req.name, req.notes, |name, notes| {
+            Registration::BoardByOperator { name, notes, size }
+        });
+        fx.device_event(&key, actor, event);
         fx.device_row(dev, None);
         self.board_outcome(id)
     }

@@ -118,17 +118,11 @@ impl Device {
         if self.presence.online {
             return None;
         }
-        self.presence.online = true;
-        self.presence.changed_at = now;
-        Some(RecordedEvent {
-            at: now,
-            device: Some(self.key()),
-            actor: SERVER.into(),
-            event: Event::Online {
-                reason: reason.to_string(),
-                command: command.map(str::to_string),
-            },
-        })
+        let event = Event::Online {
+            reason: reason.to_string(),
+            command: command.map(str::to_string),
+        };
+        Some(self.set_online(true, now, event))
     }
 
     /// Offline if silent for `timeout_ms`: the event, or `None` when nothing changes.
@@ -137,18 +131,38 @@ impl Device {
         if !self.presence.online || now - silent_since < timeout_ms {
             return None;
         }
-        self.presence.online = false;
+        let event = Event::Offline {
+            reason: "silent".into(),
+            last_seen: self.presence.last_seen.map(crate::clock::rfc3339),
+            timeout_ms,
+        };
+        Some(self.set_online(false, now, event))
+    }
+
+    /// A presence change, and its event (the server's).
+    fn set_online(&mut self, online: bool, now: i64, event: Event) -> RecordedEvent {
+        self.presence.online = online;
         self.presence.changed_at = now;
-        Some(RecordedEvent {
+        RecordedEvent {
             at: now,
             device: Some(self.key()),
             actor: SERVER.into(),
-            event: Event::Offline {
-                reason: "silent".into(),
-                last_seen: self.presence.last_seen.map(crate::clock::rfc3339),
-                timeout_ms,
-            },
-        })
+            event,
+        }
+    }
+
+    /// An operator's registration (`created`) or change of the identity: the fields given
+    /// replace the old ones; the event carries the result and the protocol's `details`.
+    pub fn operator_update(
+        &mut self,
+        created: bool,
+        name: Option<String>,
+        notes: Option<String>,
+        details: impl FnOnce(String, String) -> super::event::Registration,
+    ) -> Event {
+        self.identity.update(name, notes);
+        let r = details(self.identity.name.clone(), self.identity.notes.clone());
+        Event::registration(created, r)
     }
 
     /// The row for the `devices` table. A prop that inherits its type's config stores the

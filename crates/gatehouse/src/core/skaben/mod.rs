@@ -1192,13 +1192,14 @@ impl State {
             prop.profile = p;
         }
         let profile = prop.profile;
-        dev.identity.update(req.name, req.notes);
-        let details = Registration::PropByOperator {
-            name: dev.identity.name.clone(),
-            notes: dev.identity.notes.clone(),
-            profile,
-        };
-        fx.device_event(&key, actor, Event::registration(created, details));
+        let event = dev.operator_update(created, req.name, req.notes, |name, notes| {
+            Registration::PropByOperator {
+                name,
+                notes,
+                profile,
+            }
+        });
+        fx.device_event(&key, actor, event);
         self.prop_row(fx, &key);
         self.prop_outcome(&key, created)
     }
