@@ -185,35 +185,27 @@ impl State {
 
     /// The silence after which a device is offline: a board's presence timeout, a prop's
     /// type keep-alive (else the server's).
-    fn timeout_ms(&self, dev: &Device) -> i64 {
+    fn timeout_ms(cfg: &CoreConfig, types: &HashMap<String, TypeEntry>, dev: &Device) -> i64 {
         match &dev.state {
-            DeviceState::Board(_) => self.cfg.presence_timeout_ms,
-            DeviceState::Prop(_) => self
-                .types
-                .get(&dev.kind)
-                .map_or(self.cfg.skaben_keepalive_ms, |t| {
-                    t.keepalive_ms(self.cfg.skaben_keepalive_ms)
-                }),
+            DeviceState::Board(_) => cfg.presence_timeout_ms,
+            DeviceState::Prop(_) => types.get(&dev.kind).map_or(cfg.skaben_keepalive_ms, |t| {
+                t.keepalive_ms(cfg.skaben_keepalive_ms)
+            }),
         }
     }
 
     /// Marks silent devices offline, one event and row each. Returns how many changed.
     pub fn sweep_presence(&mut self, fx: &mut Effects) -> usize {
         let now = fx.now;
-        let timeouts: Vec<(String, i64)> = self
-            .devices
-            .iter()
-            .filter(|(_, d)| d.presence.online)
-            .map(|(k, d)| (k.clone(), self.timeout_ms(d)))
-            .collect();
+        let (cfg, types) = (&self.cfg, &self.types);
         let mut changed = 0;
-        for (key, timeout) in timeouts {
-            let Some(dev) = self.devices.get_mut(&key) else {
+        for dev in self.devices.values_mut() {
+            if !dev.presence.online {
                 continue;
-            };
-            if let Some(e) = dev.sweep(now, timeout) {
+            }
+            if let Some(e) = dev.sweep(now, Self::timeout_ms(cfg, types, dev)) {
                 fx.events.push(e);
-                fx.device_row(dev, self.types.get(&dev.kind).map(|t| &t.def));
+                fx.device_row(dev, types.get(&dev.kind).map(|t| &t.def));
                 changed += 1;
             }
         }
