@@ -269,20 +269,12 @@ impl Event {
 
     /// The stored `kind` (the serde tag).
     pub fn kind(&self) -> String {
-        match serde_json::to_value(self) {
-            Ok(Value::Object(mut m)) => match m.remove("kind") {
-                Some(Value::String(k)) => k,
-                _ => String::new(),
-            },
-            _ => String::new(),
-        }
+        self.split().0
     }
-}
 
-impl RecordedEvent {
-    /// The row for the `events` table: `kind` from the tag, `data` the other fields.
-    pub fn record(&self) -> EventRecord {
-        let (kind, data) = match serde_json::to_value(&self.event) {
+    /// The stored columns: the tag, and the other fields as a JSON object.
+    fn split(&self) -> (String, Value) {
+        match serde_json::to_value(self) {
             Ok(Value::Object(mut m)) => {
                 let kind = match m.remove("kind") {
                     Some(Value::String(k)) => k,
@@ -297,7 +289,14 @@ impl RecordedEvent {
                 "unknown".to_string(),
                 serde_json::json!({"serialization_error": e.to_string()}),
             ),
-        };
+        }
+    }
+}
+
+impl RecordedEvent {
+    /// The row for the `events` table: `kind` from the tag, `data` the other fields.
+    pub fn record(&self) -> EventRecord {
+        let (kind, data) = self.event.split();
         EventRecord {
             at: self.at,
             device: self.device.clone(),

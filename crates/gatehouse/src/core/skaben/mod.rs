@@ -446,6 +446,7 @@ fn topic(built: Result<String, skaben::TopicError>) -> Option<String> {
 struct CupOut {
     topic: String,
     payload: String,
+    task_id: String,
 }
 
 fn cup_event(cup: &CupOut, reason: &str) -> Event {
@@ -630,6 +631,11 @@ impl State {
         .to_string();
         fx.publish(topic.clone(), payload.clone(), Qos::AtLeastOnce);
         fx.counts.skaben_cups_sent += 1;
+        let out = CupOut {
+            topic,
+            payload,
+            task_id: task_id.clone(),
+        };
         let d = &mut prop.delivery;
         if d.holds(version, &hash) {
             d.pending = None;
@@ -660,7 +666,7 @@ impl State {
                 }
             }
         }
-        Some(CupOut { topic, payload })
+        Some(out)
     }
 
     /// Broadcasts a type's config to `<type>/all/cup`.
@@ -679,7 +685,11 @@ impl State {
         .to_string();
         fx.publish(topic.clone(), payload.clone(), Qos::AtLeastOnce);
         fx.counts.skaben_cups_sent += 1;
-        Some(CupOut { topic, payload })
+        Some(CupOut {
+            topic,
+            payload,
+            task_id,
+        })
     }
 
     /// Writes a prop's row.
@@ -712,11 +722,11 @@ impl State {
     fn skaben_malformed(
         &mut self,
         fx: &mut Effects,
+        packet: &Packet,
         device: Option<String>,
-        topic: &str,
-        raw: &[u8],
         reason: String,
     ) {
+        let raw = packet.raw;
         fx.counts.skaben_malformed += 1;
         fx.wait = false;
         if let Some(key) = &device
@@ -733,8 +743,8 @@ impl State {
             Event::Malformed {
                 reason,
                 peer: None,
-                topic: Some(topic.to_string()),
-                raw: clip(raw),
+                topic: Some(packet.topic.to_string()),
+                raw: packet.clipped.clone(),
                 raw_len: raw.len(),
                 truncated: raw.len() > super::acon::KEEP_RAW,
             },
@@ -754,7 +764,7 @@ impl State {
         let (topic, raw) = (packet.topic, packet.raw);
         let (inbound, payload, key) = match &packet.read {
             Err((device, reason)) => {
-                self.skaben_malformed(fx, device.clone(), topic, raw, reason.clone());
+                self.skaben_malformed(fx, packet, device.clone(), reason.clone());
                 return false;
             }
             Ok(ok) => ok,
@@ -1331,10 +1341,7 @@ impl State {
             return;
         };
         fx.device_event(&key(name, "all"), actor, cup_event(&cup, reason));
-        let task_id = serde_json::from_str::<Value>(&cup.payload)
-            .ok()
-            .and_then(|v| v.get("task_id").and_then(Value::as_str).map(str::to_string))
-            .unwrap_or_default();
+        let task_id = cup.task_id;
         let Some(def) = self.types.get(name).map(|t| &t.def) else {
             return;
         };
