@@ -21,6 +21,11 @@ pub trait Bus: Send + Sync + 'static {
     /// full or the client is stopped); the bus logs and counts that, and the core's push
     /// tracking re-sends config pushes that were lost.
     fn publish(&self, topic: String, payload: Vec<u8>, qos: Qos) -> bool;
+
+    /// Disconnects every session logged in as `user` (a credential's subject key), because
+    /// its credential was revoked or rotated. Only the embedded broker can; for an external
+    /// one this does nothing (its own password file decides).
+    fn disconnect(&self, _user: &str) {}
 }
 
 /// Receives what devices send. Called from the gateway's event loop: must not block on I/O.

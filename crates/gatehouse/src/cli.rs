@@ -11,6 +11,7 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use gatehouse_tools::{bench_acon, bench_skaben, simulate_acon, simulate_skaben};
 
 use crate::core::{CoreConfig, UnknownPolicy};
+use crate::gateway::access::MqttAuth;
 use crate::gateway::acon::AconLimits;
 use crate::gateway::mqtt::MqttSettings;
 use crate::server::Settings;
@@ -38,6 +39,33 @@ pub enum Command {
     /// Generate load against a server and report rate and latency.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// MQTT access for an external broker (`--mqtt-url`).
+    #[command(subcommand)]
+    Mqtt(MqttCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MqttCommand {
+    /// Print a Mosquitto `acl_file` for the credentials in a data directory: the topic rules
+    /// the embedded broker enforces, for a broker gatehouse cannot police itself. Reads the
+    /// database read-only; the server may be running.
+    Acl(AclArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct AclArgs {
+    /// The server's data directory.
+    #[arg(
+        long,
+        env = "GATEHOUSE_DATA_DIR",
+        default_value = "./gatehouse-data",
+        value_name = "DIR"
+    )]
+    pub data_dir: PathBuf,
+
+    /// The username gatehouse itself logs in to the broker with (the user of --mqtt-url).
+    #[arg(long, default_value = "gatehouse", value_name = "USER")]
+    pub server_user: String,
 }
 
 #[derive(Subcommand, Debug)]
@@ -173,6 +201,18 @@ pub struct ServeArgs {
     )]
     pub mqtt_url: Option<String>,
 
+    /// Who may log in to the embedded broker: `devices` — only clients with a credential
+    /// (POST /api/devices/{type}/{id}/credentials, /api/types/{type}/credentials); `off` —
+    /// anonymous clients too, for a closed bench (warned at start and in /api/stats). The
+    /// topic rules hold either way. Not used with --mqtt-url: that broker enforces its own.
+    #[arg(
+        long,
+        env = "GATEHOUSE_MQTT_AUTH",
+        value_enum,
+        default_value = "devices"
+    )]
+    pub mqtt_auth: MqttAuth,
+
     /// Seconds between PING broadcasts to every active SKABEN device type.
     #[arg(long, env = "GATEHOUSE_PING_INTERVAL_SECS", default_value = "10", value_name = "SECS",
           value_parser = parse_secs)]
@@ -223,6 +263,7 @@ impl ServeArgs {
                 Some(url) => MqttSettings::External { url: url.clone() },
                 None => MqttSettings::Embedded {
                     listen: self.mqtt_listen.clone(),
+                    auth: self.mqtt_auth,
                 },
             },
             acon: AconLimits {

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use gatehouse::cli::{self, BenchCommand, Command, SimulateCommand};
+use gatehouse::cli::{self, BenchCommand, Command, MqttCommand, SimulateCommand};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -51,6 +51,7 @@ fn main() -> ExitCode {
             Command::Bench(BenchCommand::Skaben(args)) => {
                 gatehouse_tools::bench_skaben::run(args).await
             }
+            Command::Mqtt(MqttCommand::Acl(args)) => mqtt_acl(&args),
         }
     });
     match result {
@@ -66,6 +67,29 @@ async fn serve(args: cli::ServeArgs) -> anyhow::Result<()> {
     let running = gatehouse::server::start(args.settings()).await?;
     wait_for_signal().await;
     running.shutdown().await
+}
+
+/// `gatehouse mqtt acl`: the Mosquitto ACL for the credentials stored in a data directory.
+fn mqtt_acl(args: &cli::AclArgs) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let db = args.data_dir.join("gatehouse.db");
+    if !db.exists() {
+        anyhow::bail!(
+            "no database at {} (--data-dir): start gatehouse there once first",
+            db.display()
+        );
+    }
+    let mut creds = Vec::new();
+    for r in gatehouse::store::sqlite::credentials_at(&db)
+        .with_context(|| format!("reading the credentials in {}", db.display()))?
+    {
+        creds.push(gatehouse::core::access::Credential::load(r)?);
+    }
+    print!(
+        "{}",
+        gatehouse::core::access::mosquitto_acl(&args.server_user, &creds)
+    );
+    Ok(())
 }
 
 async fn wait_for_signal() {

@@ -15,6 +15,7 @@ use tracing::{info, warn};
 
 use crate::clock::now_ms;
 use crate::core::{CoreConfig, Hub};
+use crate::gateway::access::MqttAuth;
 use crate::gateway::acon::AconLimits;
 use crate::gateway::broker::EmbeddedBroker;
 use crate::gateway::mqtt::MqttSettings;
@@ -93,8 +94,16 @@ pub async fn start(s: Settings) -> anyhow::Result<Running> {
     // The embedded broker is reached in-process; an external one through the MQTT client.
     let (broker, bus, connection): (Option<EmbeddedBroker>, Arc<dyn crate::bus::Bus>, Link) =
         match &s.mqtt {
-            MqttSettings::Embedded { listen } => {
-                let b = EmbeddedBroker::start_linked(listen).await?;
+            MqttSettings::Embedded { listen, auth } => {
+                let b = EmbeddedBroker::start_linked(listen, *auth).await?;
+                match auth {
+                    MqttAuth::Devices => {
+                        info!("MQTT logins: device credentials only (--mqtt-auth devices)")
+                    }
+                    MqttAuth::Off => warn!(
+                        "MQTT logins are OFF (--mqtt-auth off): any client on the network may connect without a credential; the topic rules still hold. Use this on a closed bench only"
+                    ),
+                }
                 let (bus, conn) = b.in_process();
                 (Some(b), Arc::new(bus), Link::InProcess(conn))
             }
@@ -110,6 +119,11 @@ pub async fn start(s: Settings) -> anyhow::Result<Running> {
                 )
             }
         };
+    if let MqttSettings::External { .. } = &s.mqtt {
+        info!(
+            "MQTT logins and topic rules are the external broker's to enforce (see the README: a Mosquitto password_file and `gatehouse mqtt acl`)"
+        );
+    }
     let mqtt_addr = broker.as_ref().map(|b| b.local_addr());
     if let Some(addr) = mqtt_addr {
         info!(%addr, "embedded MQTT broker ready");
@@ -119,6 +133,10 @@ pub async fn start(s: Settings) -> anyhow::Result<Running> {
             .await
             .context("loading devices")?,
     );
+
+    if let Some(access) = broker.as_ref().and_then(|b| b.access()) {
+        access.attach(hub.clone());
+    }
 
     let acon_listener = bind_tcp(&s.acon_listen, "--acon-listen / GATEHOUSE_ACON_LISTEN").await?;
     let http_listener = bind_tcp(&s.http_listen, "--http-listen / GATEHOUSE_HTTP_LISTEN").await?;
@@ -139,6 +157,10 @@ pub async fn start(s: Settings) -> anyhow::Result<Running> {
     let state = AppState {
         hub: hub.clone(),
         admin_token: admin_token.clone().into(),
+        mqtt_auth: match &s.mqtt {
+            MqttSettings::Embedded { auth, .. } => Some(*auth),
+            MqttSettings::External { .. } => None,
+        },
     };
     let mut http_rx = rx.clone();
     tasks.push(tokio::spawn(async move {

@@ -306,6 +306,7 @@ async fn port_in_use_names_both_ways_out() {
     // Through the convenience too.
     let settings = MqttSettings::Embedded {
         listen: addr.to_string(),
+        auth: gatehouse::gateway::access::MqttAuth::Devices,
     };
     let text = connect(&settings, new_client_id())
         .await
@@ -404,6 +405,7 @@ async fn the_embedded_convenience_connects_over_loopback() {
     init_logs();
     let settings = MqttSettings::Embedded {
         listen: "0.0.0.0:0".to_string(),
+        auth: gatehouse::gateway::access::MqttAuth::Off,
     };
     let gateway = connect(&settings, new_client_id()).await.unwrap();
     let broker = gateway.broker.expect("embedded broker");

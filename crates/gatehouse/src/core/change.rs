@@ -34,6 +34,9 @@ pub struct Counts {
     pub skaben_malformed: u64,
     pub skaben_rejected: u64,
     pub skaben_cups_sent: u64,
+    pub mqtt_refused_logins: u64,
+    pub mqtt_refused_publishes: u64,
+    pub mqtt_refused_subscribes: u64,
 }
 
 /// What one change makes happen, collected while it runs.
@@ -48,6 +51,9 @@ pub struct Effects {
     /// Packets to devices.
     pub publishes: Vec<Publish>,
     pub counts: Counts,
+    /// MQTT sessions to disconnect, by the identity they logged in as (a credential's
+    /// subject key): its credential was revoked or rotated.
+    pub disconnects: Vec<String>,
     /// The caller waits for the commit (`true`), or nobody does and the store may hold the
     /// unit a moment to commit it with others (`false`: records of packets that need no
     /// acknowledgement once durable).
@@ -62,6 +68,7 @@ impl Effects {
             writes: Vec::with_capacity(2),
             publishes: Vec::new(),
             counts: Counts::default(),
+            disconnects: Vec::new(),
             wait: true,
         }
     }
@@ -121,6 +128,8 @@ pub struct State {
     pub(crate) broadcasts: HashMap<String, (i64, bool)>,
     /// Next push task id (starts at the start-up time in ms, so ids never repeat across runs).
     pub(crate) next_task: u64,
+    /// MQTT credentials by username.
+    pub(crate) credentials: HashMap<String, super::access::Credential>,
 }
 
 impl State {
@@ -132,6 +141,7 @@ impl State {
             rejected: HashMap::new(),
             broadcasts: HashMap::new(),
             next_task: u64::try_from(now).unwrap_or(1),
+            credentials: HashMap::new(),
         }
     }
 
@@ -157,6 +167,12 @@ impl State {
             Command::PushDevice { ty, id } => self.push_device(fx, &ty, &id, actor),
             Command::PutType { name, update } => self.put_type(fx, &name, update, actor),
             Command::PushType { name } => self.push_type(fx, &name, actor),
+            Command::IssueCredential {
+                subject,
+                username,
+                hash,
+            } => self.issue_credential(fx, subject, username, hash, actor),
+            Command::RevokeCredential { subject } => self.revoke_credential(fx, subject, actor),
         }
     }
 

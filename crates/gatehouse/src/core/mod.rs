@@ -23,6 +23,7 @@
 //! - Events reach subscribers only after their unit is committed, in commit order.
 //! - No I/O here besides the store and the bus: the gateways own sockets, and time is passed in.
 
+pub mod access;
 pub mod acon;
 pub mod change;
 pub mod device;
@@ -105,6 +106,9 @@ pub struct Stats {
     pub skaben_rejected: AtomicU64,
     pub skaben_cups_sent: AtomicU64,
     pub skaben_publish_failures: AtomicU64,
+    pub mqtt_refused_logins: AtomicU64,
+    pub mqtt_refused_publishes: AtomicU64,
+    pub mqtt_refused_subscribes: AtomicU64,
 }
 
 impl Stats {
@@ -117,6 +121,9 @@ impl Stats {
             (&self.skaben_malformed, c.skaben_malformed),
             (&self.skaben_rejected, c.skaben_rejected),
             (&self.skaben_cups_sent, c.skaben_cups_sent),
+            (&self.mqtt_refused_logins, c.mqtt_refused_logins),
+            (&self.mqtt_refused_publishes, c.mqtt_refused_publishes),
+            (&self.mqtt_refused_subscribes, c.mqtt_refused_subscribes),
         ] {
             if n > 0 {
                 stat.fetch_add(n, Ordering::Relaxed);
@@ -160,6 +167,15 @@ pub enum Command {
     PutType { name: String, update: TypeUpdate },
     /// Broadcast a type's config to `<type>/all/cup`.
     PushType { name: String },
+    /// Issue (or rotate) an MQTT credential; `hash` is the stored form of its password
+    /// ([`access::hash_generated`] or [`access::hash_chosen`]).
+    IssueCredential {
+        subject: access::Subject,
+        username: String,
+        hash: String,
+    },
+    /// Revoke an MQTT credential and disconnect its sessions.
+    RevokeCredential { subject: access::Subject },
 }
 
 /// What a [`Command`] returns: a snapshot of what it changed.
@@ -176,6 +192,11 @@ pub enum Outcome {
         view: TypeSnapshot,
         created: bool,
     },
+    Credential {
+        view: access::CredentialView,
+        rotated: bool,
+    },
+    Revoked,
 }
 
 /// What became of an inbound ACon message.
@@ -247,6 +268,10 @@ impl Hub {
         for loaded in store.load_devices().await? {
             let dev = Device::load(loaded)?;
             state.devices.insert(dev.key(), dev);
+        }
+        for r in store.load_credentials().await? {
+            let c = access::Credential::load(r)?;
+            state.credentials.insert(c.username.clone(), c);
         }
         let (forward, queue) = mpsc::unbounded_channel();
         let (events, _) = broadcast::channel(SUBSCRIBER_BUFFER);
@@ -323,9 +348,13 @@ impl Hub {
             events,
             writes,
             publishes,
+            disconnects,
             wait,
             ..
         } = fx;
+        for user in disconnects {
+            self.bus.disconnect(&user);
+        }
         let commit = if events.is_empty() && writes.is_empty() {
             None
         } else {
@@ -382,6 +411,31 @@ impl Hub {
         now: i64,
     ) -> Result<(Outcome, Effects), CoreError> {
         self.simulate(now, |st, fx| st.execute(cmd, actor, fx))
+    }
+
+    // ---- who may talk to the broker ----
+
+    /// The credential logged in with `username`: its subject and stored hash.
+    pub fn credential(&self, username: &str) -> Option<access::Credential> {
+        self.lock().credential(username).cloned()
+    }
+
+    /// Every credential (never a secret).
+    pub fn credentials(&self) -> Vec<access::CredentialView> {
+        self.lock().credentials()
+    }
+
+    /// Every credential with its hash, for `gatehouse mqtt acl` of a running server's state.
+    pub fn credential_records(&self) -> Vec<access::Credential> {
+        self.lock().credentials.values().cloned().collect()
+    }
+
+    /// Something the broker refused (counted; an event at most once a minute per client).
+    pub fn mqtt_refused(&self, refusal: access::Refusal, now: i64) {
+        let _ = self.change(now, |st, fx| {
+            st.mqtt_refused(fx, refusal);
+            Ok(())
+        });
     }
 
     // ---- inbound traffic ----

@@ -350,6 +350,11 @@ impl Store for Gated {
     fn load_types(&self) -> crate::store::StoreFuture<'_, Vec<TypeRecord>> {
         self.inner.load_types()
     }
+    fn load_credentials(
+        &self,
+    ) -> crate::store::StoreFuture<'_, Vec<crate::store::CredentialRecord>> {
+        self.inner.load_credentials()
+    }
     fn messages(
         &self,
         device: String,

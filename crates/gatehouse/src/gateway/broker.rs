@@ -29,6 +29,8 @@ use mqtt5::broker::{
 use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 
+use crate::gateway::access::{Access, MqttAuth};
+
 /// The largest MQTT packet the broker accepts or sends (SKABEN configs are a few KiB).
 pub const MAX_PACKET_SIZE: usize = 256 * 1024;
 
@@ -75,6 +77,8 @@ pub struct EmbeddedBroker {
     local_addr: SocketAddr,
     /// Hands devices' publishes to the core in-process (see `gateway::inproc`).
     hook: Arc<crate::gateway::inproc::InboundHook>,
+    /// Logins and topic rules (a linked broker only; an unlinked one lets everyone in).
+    access: Option<Arc<Access>>,
     router: Arc<mqtt5::broker::router::MessageRouter>,
     stop: BrokerShutdownHandle,
     task: Option<JoinHandle<Result<(), String>>>,
@@ -91,26 +95,35 @@ impl std::fmt::Debug for EmbeddedBroker {
 
 impl EmbeddedBroker {
     /// Binds `listen` (`HOST:PORT`; port 0 = any free port, see [`Self::local_addr`]) and
-    /// starts accepting MQTT 3.1.1 and 5 clients. Returns once the broker accepts connections.
+    /// starts accepting MQTT 3.1.1 and 5 clients, anonymous, without topic rules (a plain
+    /// broker, for tests of the MQTT client). Returns once the broker accepts connections.
     pub async fn start(listen: &str) -> Result<EmbeddedBroker, BrokerError> {
-        Self::start_with(listen, false).await
+        Self::start_with(listen, None).await
     }
 
     /// Like [`Self::start`], for a broker the core will link to in-process
-    /// ([`Self::in_process`]): devices' `ask/…` packets that arrive before the link is made
-    /// wait for it (unacknowledged) instead of being routed to nobody.
-    pub async fn start_linked(listen: &str) -> Result<EmbeddedBroker, BrokerError> {
-        Self::start_with(listen, true).await
+    /// ([`Self::in_process`], [`Self::access`]): logins are checked against the core's
+    /// credentials (`auth`) and every client is held to the topic rules; devices' `ask/…`
+    /// packets and logins that arrive before the link is made wait for it.
+    pub async fn start_linked(listen: &str, auth: MqttAuth) -> Result<EmbeddedBroker, BrokerError> {
+        Self::start_with(listen, Some(Arc::new(Access::new(auth)))).await
     }
 
-    async fn start_with(listen: &str, linked: bool) -> Result<EmbeddedBroker, BrokerError> {
+    async fn start_with(
+        listen: &str,
+        access: Option<Arc<Access>>,
+    ) -> Result<EmbeddedBroker, BrokerError> {
         let addr = resolve(listen).await?;
-        let hook = Arc::new(crate::gateway::inproc::InboundHook::new(linked));
+        let hook = Arc::new(crate::gateway::inproc::InboundHook::new(access.clone()));
         let cfg = config(addr).with_event_handler(hook.clone());
-        let broker = match MqttBroker::with_config(cfg).await {
+        let mut broker = match MqttBroker::with_config(cfg).await {
             Ok(broker) => broker,
             Err(e) => return Err(classify_start_error(addr, e.to_string())),
         };
+        if let Some(a) = &access {
+            a.set_router(broker.router());
+            broker = broker.with_auth_provider(a.clone());
+        }
         let Some(local_addr) = broker.local_addr() else {
             return Err(BrokerError::Start {
                 addr,
@@ -148,6 +161,7 @@ impl EmbeddedBroker {
         Ok(EmbeddedBroker {
             local_addr,
             hook,
+            access,
             router,
             stop,
             task: Some(task),
@@ -164,7 +178,12 @@ impl EmbeddedBroker {
         crate::gateway::inproc::InProcessBus,
         crate::gateway::inproc::InProcessConnection,
     ) {
-        crate::gateway::inproc::new(self.hook.clone(), self.router.clone())
+        crate::gateway::inproc::new(self.hook.clone(), self.router.clone(), self.access.clone())
+    }
+
+    /// The gatekeeper of a linked broker: attach the core to it once loaded.
+    pub fn access(&self) -> Option<&Arc<Access>> {
+        self.access.as_ref()
     }
 
     /// The address the broker is bound to (with the real port when started on port 0).
@@ -224,8 +243,10 @@ fn config(addr: SocketAddr) -> BrokerConfig {
     config.max_message_rate_per_client = 0;
     config.max_bandwidth_per_client = 0;
     config.max_outbound_rate_per_client = 0;
-    // Anonymous access, so no authentication ever fails: the failed-login lock-out (per IP,
-    // 5 attempts) has nothing to protect and would lock a whole NAT out once credentials come.
+    // Logins are judged by `gateway::access` (a linked broker) or let in (a plain one).
+    // mqtt5's failed-login lock-out (per IP, 5 attempts) would lock a whole NAT of devices out
+    // for one misconfigured one; generated passwords cannot be guessed, and chosen ones are
+    // checked one at a time.
     config.auth_config.allow_anonymous = true;
     config.auth_config.rate_limit.enabled = false;
     config

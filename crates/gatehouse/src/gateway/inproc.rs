@@ -14,13 +14,16 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use mqtt5::broker::events::{BrokerEventHandler, ClientPublishEvent, PublishAction};
+use mqtt5::broker::events::{
+    BrokerEventHandler, ClientDisconnectEvent, ClientPublishEvent, PublishAction,
+};
 use mqtt5::broker::router::MessageRouter;
 use mqtt5::packet::publish::PublishPacket;
 use tokio::sync::{mpsc, watch};
 use tracing::warn;
 
 use crate::bus::{Bus, PacketHandler, Qos};
+use crate::gateway::access::Access;
 
 /// Publishes queued for the router before `publish` reports failure.
 const QUEUE: usize = 100_000;
@@ -30,6 +33,8 @@ pub struct InboundHook {
     /// The core will attach (`EmbeddedBroker::start_linked`); until then packets wait. A
     /// broker started without it routes packets like any broker (for clients that connect).
     linked: bool,
+    /// The gatekeeper of a linked broker: told when sessions end.
+    access: Option<Arc<Access>>,
     handler: OnceLock<Arc<dyn PacketHandler>>,
     /// Turns true once `handler` is set: packets that arrive earlier (the broker accepts
     /// devices while the core is still loading) wait for it instead of being lost.
@@ -37,9 +42,10 @@ pub struct InboundHook {
 }
 
 impl InboundHook {
-    pub(crate) fn new(linked: bool) -> Self {
+    pub(crate) fn new(access: Option<Arc<Access>>) -> Self {
         InboundHook {
-            linked,
+            linked: access.is_some(),
+            access,
             handler: OnceLock::new(),
             ready: watch::Sender::new(false),
         }
@@ -56,6 +62,17 @@ impl InboundHook {
 }
 
 impl BrokerEventHandler for InboundHook {
+    fn on_client_disconnect<'a>(
+        &'a self,
+        event: ClientDisconnectEvent,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
+        Box::pin(async move {
+            if let Some(a) = &self.access {
+                a.disconnected(&event.client_id).await;
+            }
+        })
+    }
+
     fn on_client_publish<'a>(
         &'a self,
         event: ClientPublishEvent,
@@ -100,6 +117,7 @@ impl BrokerEventHandler for InboundHook {
 pub struct InProcessBus {
     tx: mpsc::Sender<(String, Vec<u8>, Qos)>,
     dropped: Arc<AtomicU64>,
+    access: Option<Arc<Access>>,
 }
 
 impl InProcessBus {
@@ -122,6 +140,12 @@ impl Bus for InProcessBus {
             }
         }
     }
+
+    fn disconnect(&self, user: &str) {
+        if let Some(a) = &self.access {
+            a.disconnect(user);
+        }
+    }
 }
 
 /// Routes the bus's publishes; spawn [`InProcessConnection::run`].
@@ -134,12 +158,14 @@ pub struct InProcessConnection {
 pub(crate) fn new(
     hook: Arc<InboundHook>,
     router: Arc<MessageRouter>,
+    access: Option<Arc<Access>>,
 ) -> (InProcessBus, InProcessConnection) {
     let (tx, rx) = mpsc::channel(QUEUE);
     (
         InProcessBus {
             tx,
             dropped: Arc::new(AtomicU64::new(0)),
+            access,
         },
         InProcessConnection { rx, hook, router },
     )

@@ -46,8 +46,12 @@ use crate::bus::{Bus, PacketHandler, Qos};
 /// Where the SKABEN devices' broker is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MqttSettings {
-    /// Run the embedded broker on this address (`--mqtt-listen`).
-    Embedded { listen: String },
+    /// Run the embedded broker on this address (`--mqtt-listen`), with these logins
+    /// (`--mqtt-auth`).
+    Embedded {
+        listen: String,
+        auth: crate::gateway::access::MqttAuth,
+    },
     /// Use the broker at this URL (`--mqtt-url`, `mqtt://user:pass@host:port`); start none.
     External { url: String },
 }
@@ -485,7 +489,8 @@ pub struct MqttGateway {
 /// is not an error: the client keeps trying once it runs.
 pub async fn connect(settings: &MqttSettings, client_id: String) -> Result<MqttGateway, MqttError> {
     match settings {
-        MqttSettings::Embedded { listen } => {
+        // A plain broker and a loopback client, for tests of the client: no logins.
+        MqttSettings::Embedded { listen, .. } => {
             let broker = EmbeddedBroker::start(listen).await?;
             let target = loopback_for(broker.local_addr());
             let (bus, connection) =

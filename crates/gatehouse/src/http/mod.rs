@@ -7,6 +7,7 @@
 //! answers. Errors are JSON:
 //! `{"error": "...", "field": "..."}` (`field` when one input is to blame).
 
+mod access;
 mod acon;
 mod history;
 mod skaben;
@@ -34,6 +35,8 @@ const ADMIN: &str = "admin";
 pub struct AppState {
     pub hub: Arc<Hub>,
     pub admin_token: Arc<str>,
+    /// The embedded broker's logins (`None` with an external broker).
+    pub mqtt_auth: Option<crate::gateway::access::MqttAuth>,
 }
 
 /// The API router: one router per resource (boards, props and types, history), behind the
@@ -45,6 +48,7 @@ pub fn app(state: AppState) -> Router {
         .merge(acon::routes())
         .merge(skaben::routes())
         .merge(history::routes())
+        .merge(access::routes())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") });
     api.layer(middleware::from_fn_with_state(state.clone(), auth))
         .with_state(state)
@@ -234,5 +238,12 @@ async fn get_stats(State(s): State<AppState>) -> ApiResult {
         "skaben_rejected": n(&st.skaben_rejected),
         "skaben_cups_sent": n(&st.skaben_cups_sent),
         "skaben_publish_failures": n(&st.skaben_publish_failures),
+        "mqtt_auth": s.mqtt_auth,
+        "mqtt_auth_warning": (s.mqtt_auth == Some(crate::gateway::access::MqttAuth::Off)).then_some(
+            "MQTT logins are off (--mqtt-auth off): any client may connect without a credential"
+        ),
+        "mqtt_refused_logins": n(&st.mqtt_refused_logins),
+        "mqtt_refused_publishes": n(&st.mqtt_refused_publishes),
+        "mqtt_refused_subscribes": n(&st.mqtt_refused_subscribes),
     }))
 }

@@ -94,6 +94,16 @@ pub struct TypeRecord {
     pub data: String,
 }
 
+/// An MQTT credential, as persisted (the secret only hashed; its shape belongs to the core).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CredentialRecord {
+    pub username: String,
+    /// Who it lets a client act as (`device:<type>/<id>`, `type:<type>`, `observer:<name>`).
+    pub subject: String,
+    pub hash: String,
+    pub created_at: i64,
+}
+
 /// One write of a unit.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Write {
@@ -102,6 +112,10 @@ pub enum Write {
     Event(EventRecord),
     /// Insert or replace a device type.
     DeviceType(TypeRecord),
+    /// Insert or replace a credential (by username).
+    Credential(CredentialRecord),
+    /// Remove the credential with this username.
+    DeleteCredential(String),
 }
 
 /// A stored message, read back.
@@ -158,6 +172,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every device type.
     fn load_types(&self) -> StoreFuture<'_, Vec<TypeRecord>>;
+
+    /// Every MQTT credential.
+    fn load_credentials(&self) -> StoreFuture<'_, Vec<CredentialRecord>>;
 
     /// The newest `limit` messages of a device, newest first.
     fn messages(&self, device: String, limit: u32) -> StoreFuture<'_, Vec<StoredMessage>>;

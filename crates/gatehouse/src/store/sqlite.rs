@@ -25,8 +25,8 @@ use rusqlite::{Connection, OpenFlags, params};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Commit, DeviceRecord, EventFilter, EventRecord, LoadedDevice, MessageRecord, Store, StoreError,
-    StoreFuture, StoreResult, StoredEvent, StoredMessage, TypeRecord, Write,
+    Commit, CredentialRecord, DeviceRecord, EventFilter, EventRecord, LoadedDevice, MessageRecord,
+    Store, StoreError, StoreFuture, StoreResult, StoredEvent, StoredMessage, TypeRecord, Write,
 };
 
 /// Most units in one transaction; more wait for the next one.
@@ -100,6 +100,13 @@ const SCHEMA: &[&str] = &[
     "CREATE TABLE device_types (
         name TEXT PRIMARY KEY,
         data TEXT NOT NULL
+    ) WITHOUT ROWID;",
+    // version 3: MQTT credentials (secrets hashed)
+    "CREATE TABLE credentials (
+        username TEXT PRIMARY KEY,
+        subject TEXT NOT NULL UNIQUE,
+        hash TEXT NOT NULL,
+        created_at INTEGER NOT NULL
     ) WITHOUT ROWID;",
 ];
 
@@ -175,6 +182,41 @@ impl SqliteStore {
         .await
         .map_err(|e| StoreError::Db(format!("read task failed: {e}")))?
     }
+}
+
+/// Every credential, by username.
+pub fn read_credentials(conn: &Connection) -> StoreResult<Vec<CredentialRecord>> {
+    let mut stmt = conn
+        .prepare("SELECT username, subject, hash, created_at FROM credentials ORDER BY username")
+        .map_err(db_err)?;
+    stmt.query_map([], |r| {
+        Ok(CredentialRecord {
+            username: r.get(0)?,
+            subject: r.get(1)?,
+            hash: r.get(2)?,
+            created_at: r.get(3)?,
+        })
+    })
+    .map_err(db_err)?
+    .collect::<Result<Vec<_>, _>>()
+    .map_err(db_err)
+}
+
+/// The credentials in the database at `path`, read without the server (which may be running:
+/// the database is opened read-only and never migrated).
+pub fn credentials_at(path: &Path) -> StoreResult<Vec<CredentialRecord>> {
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| StoreError::Db(format!("cannot open database {}: {e}", path.display())))?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(db_err)?;
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(db_err)?;
+    if version < 3 {
+        // Made by a gatehouse from before credentials: there are none.
+        return Ok(Vec::new());
+    }
+    read_credentials(&conn)
 }
 
 fn migrate(conn: &mut Connection) -> StoreResult<()> {
@@ -378,6 +420,17 @@ impl Writer {
                      ON CONFLICT (name) DO UPDATE SET data = excluded.data",
                 )
                 .map_err(db_err)?;
+            let mut cred = tx
+                .prepare_cached(
+                    "INSERT INTO credentials (username, subject, hash, created_at)
+                     VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (username) DO UPDATE SET subject = excluded.subject,
+                        hash = excluded.hash, created_at = excluded.created_at",
+                )
+                .map_err(db_err)?;
+            let mut uncred = tx
+                .prepare_cached("DELETE FROM credentials WHERE username = ?1")
+                .map_err(db_err)?;
             let heads = lock_heads(&self.heads);
             for unit in units {
                 for w in unit {
@@ -414,6 +467,10 @@ impl Writer {
                             .execute(params![e.at, e.device, e.kind, e.actor, e.data])
                             .map(drop),
                         Write::DeviceType(t) => ty.execute(params![t.name, t.data]).map(drop),
+                        Write::Credential(c) => cred
+                            .execute(params![c.username, c.subject, c.hash, c.created_at])
+                            .map(drop),
+                        Write::DeleteCredential(username) => uncred.execute([username]).map(drop),
                     }
                     .map_err(db_err)?;
                 }
@@ -583,6 +640,10 @@ impl Store for SqliteStore {
             .collect::<Result<Vec<_>, _>>()
             .map_err(db_err)
         }))
+    }
+
+    fn load_credentials(&self) -> StoreFuture<'_, Vec<CredentialRecord>> {
+        Box::pin(self.read(read_credentials))
     }
 
     fn messages(&self, device: String, limit: u32) -> StoreFuture<'_, Vec<StoredMessage>> {

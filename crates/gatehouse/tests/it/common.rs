@@ -39,6 +39,8 @@ pub fn settings(dir: &std::path::Path) -> Settings {
         },
         mqtt: MqttSettings::Embedded {
             listen: "127.0.0.1:0".into(),
+            // The scenarios' props connect anonymously; the access tests turn it on.
+            auth: gatehouse::gateway::access::MqttAuth::Off,
         },
     }
 }
@@ -217,10 +219,17 @@ pub struct Mosquitto {
     child: Option<std::process::Child>,
     pub port: u16,
     dir: tempfile::TempDir,
+    /// Lines after the listener (default: anonymous clients allowed).
+    conf: String,
 }
 
 impl Mosquitto {
     pub async fn start() -> Mosquitto {
+        Self::start_with_conf("allow_anonymous true\n").await
+    }
+
+    /// Mosquitto with these configuration lines (after `listener`, before `persistence`).
+    pub async fn start_with_conf(conf: &str) -> Mosquitto {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -230,9 +239,20 @@ impl Mosquitto {
             child: None,
             port,
             dir: tempfile::tempdir().unwrap(),
+            conf: conf.to_string(),
         };
         m.spawn().await;
         m
+    }
+
+    /// SIGHUP: Mosquitto reloads its password and ACL files.
+    pub fn reload(&self) {
+        let pid = self.child.as_ref().expect("running").id();
+        let s = std::process::Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(s.success());
     }
 
     async fn spawn(&mut self) {
@@ -240,8 +260,8 @@ impl Mosquitto {
         std::fs::write(
             &conf,
             format!(
-                "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest none\n",
-                self.port
+                "listener {} 127.0.0.1\n{}persistence false\nlog_dest none\n",
+                self.port, self.conf
             ),
         )
         .unwrap();
@@ -329,7 +349,25 @@ impl Bench {
 
     /// Waits until the server's MQTT client is subscribed (a CUP request gets an answer).
     pub async fn wait_gateway_connected(&self) {
-        let mut probe = Prop::connect(self.mqtt_port, "probe", &["box/all/cup"]).await;
+        // With logins on, the probe logs in with a credential for the `box` type.
+        let login = if self.server.get("/api/stats").await.1["mqtt_auth"] == "devices" {
+            let (s, v) = self
+                .server
+                .send(
+                    reqwest::Method::POST,
+                    "/api/types/box/credentials",
+                    Some(serde_json::json!({})),
+                )
+                .await;
+            assert_eq!(s, 201, "{v}");
+            Some((
+                v["username"].as_str().unwrap().to_string(),
+                v["password"].as_str().unwrap().to_string(),
+            ))
+        } else {
+            None
+        };
+        let mut probe = Prop::connect_with(self.mqtt_port, "probe", &["box/all/cup"], login).await;
         for _ in 0..100 {
             probe.publish("ask/box/all/cup", r#"{"timestamp":1}"#).await;
             if probe.try_recv(Duration::from_millis(200)).await.is_some() {
@@ -341,6 +379,17 @@ impl Bench {
 
     pub async fn prop(&self, name: &str, subs: &[&str]) -> Prop {
         Prop::connect(self.mqtt_port, name, subs).await
+    }
+
+    /// A prop that logs in with a credential.
+    pub async fn prop_as(&self, name: &str, subs: &[&str], user: &str, password: &str) -> Prop {
+        Prop::connect_with(
+            self.mqtt_port,
+            name,
+            subs,
+            Some((user.to_string(), password.to_string())),
+        )
+        .await
     }
 
     /// Polls `GET path` until `pred` holds (10 s at most) and returns the last body.
@@ -383,9 +432,21 @@ pub struct Prop {
 
 impl Prop {
     pub async fn connect(port: u16, name: &str, subs: &[&str]) -> Prop {
+        Self::connect_with(port, name, subs, None).await
+    }
+
+    pub async fn connect_with(
+        port: u16,
+        name: &str,
+        subs: &[&str],
+        login: Option<(String, String)>,
+    ) -> Prop {
         use rumqttc::{Event, MqttOptions, Packet, QoS};
         let id = format!("test-{name}-{}", rand_suffix());
         let mut opts = MqttOptions::new(id, "127.0.0.1", port);
+        if let Some((user, password)) = login {
+            opts.set_credentials(user, password);
+        }
         opts.set_keep_alive(Duration::from_secs(30));
         opts.set_max_packet_size(256 * 1024, 256 * 1024);
         let (client, mut ev) = rumqttc::AsyncClient::new(opts, 1000);
@@ -505,7 +566,7 @@ impl Prop {
     }
 }
 
-fn rand_suffix() -> String {
+pub fn rand_suffix() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
     format!(

@@ -4,6 +4,7 @@ mod api;
 mod common;
 mod config;
 mod durability;
+mod mqtt_access;
 mod skaben;
 mod tools;
 mod vectors;

@@ -950,7 +950,14 @@ impl ReferenceClient {
 }
 
 async fn reference_client_compatibility(broker: Broker) {
-    let b = Bench::start_with(broker, |s| s.core.ping_interval_ms = 400).await;
+    // Through the embedded broker with logins on (the default), as a venue runs it.
+    let b = Bench::start_with(broker, |s| {
+        s.core.ping_interval_ms = 400;
+        if let gatehouse::gateway::mqtt::MqttSettings::Embedded { auth, .. } = &mut s.mqtt {
+            *auth = gatehouse::gateway::access::MqttAuth::Devices;
+        }
+    })
+    .await;
     let id = "b827eb0a1b2d";
     let dev_path = format!("/api/devices/lock/{id}");
     // Seeded lock type uses the reference profile.
@@ -963,9 +970,29 @@ async fn reference_client_compatibility(broker: Broker) {
         stored_ts: 0,
         next_task: 0,
     };
-    let mut mq = b
-        .prop("reference", &[&format!("lock/{id}/#"), "lock/all/#"])
-        .await;
+    // Its credential, as its system.yml carries it (username/password).
+    let subs = [format!("lock/{id}/#"), "lock/all/#".to_string()];
+    let subs: Vec<&str> = subs.iter().map(String::as_str).collect();
+    let mut mq = if broker == Broker::Embedded {
+        let (s, cred) = b
+            .server
+            .send(
+                Method::POST,
+                &format!("/api/devices/lock/{id}/credentials"),
+                Some(json!({})),
+            )
+            .await;
+        assert_eq!(s, 201, "{cred}");
+        b.prop_as(
+            "reference",
+            &subs,
+            cred["username"].as_str().unwrap(),
+            cred["password"].as_str().unwrap(),
+        )
+        .await
+    } else {
+        b.prop("reference", &subs).await
+    };
     let cup_topic = format!("lock/{id}/cup");
     // CUP twice on connect, ~100 ms apart, different task ids.
     let r1 = rc.cup_request();

@@ -1,0 +1,328 @@
+//! The embedded broker's gatekeeper: logins against the core's credentials, the topic rules
+//! of [`crate::core::access`] on every publish and subscription, and no kicking a device off
+//! by connecting with its client id.
+//!
+//! Invariants:
+//! - With `--mqtt-auth devices` (the default) a client without a valid credential gets
+//!   CONNACK "not authorised" (3.1.1: return code 5; a wrong password: 4). With `off`, a
+//!   client without a username is anonymous; a username that names a credential must still
+//!   come with its password.
+//! - The topic rules hold in both modes. A refused publish is dropped (MQTT 3.1.1 has no way
+//!   to say no), a refused subscription gets the failure return code; both are counted and
+//!   reported by a rate-limited event naming the client.
+//! - A client id held by a live session of one identity cannot be taken by another identity
+//!   (an anonymous client or another device): the newcomer is refused. The same identity
+//!   takes it over, as MQTT says.
+//! - Argon2id checks (passwords an operator chose) run off the broker's tasks, one at a time,
+//!   and a success is remembered (by a fingerprint of hash and password), so a fleet
+//!   reconnecting after a power cut costs one check per credential, and a stranger guessing
+//!   passwords costs at most one core.
+//! - Revoking or rotating a credential disconnects its sessions ([`Access::disconnect`]).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use mqtt5::broker::auth::{AuthProvider, AuthResult};
+use mqtt5::broker::router::{DeliveryLanes, MessageRouter};
+use mqtt5::packet::connect::ConnectPacket;
+use mqtt5::protocol::v5::reason_codes::ReasonCode;
+use tokio::sync::{Semaphore, watch};
+use tracing::{info, warn};
+
+use crate::clock::now_ms;
+use crate::core::Hub;
+use crate::core::access::{self, Principal, Refusal};
+
+/// Whether the embedded broker asks for credentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MqttAuth {
+    /// Every client logs in with a device, type or observer credential.
+    Devices,
+    /// Anonymous clients are let in (a closed bench); the topic rules still hold.
+    Off,
+}
+
+/// Remembered successful Argon2id checks (username → fingerprint) before the memory restarts.
+const VERIFIED_KEPT: usize = 100_000;
+/// How long a kick waits for the displaced session to hand off.
+const KICK_WAIT: Duration = Duration::from_secs(2);
+
+type BoxFuture<'a, T> = Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// The broker's [`AuthProvider`]. Created with the broker; the core is attached once loaded
+/// (logins that arrive before wait for it).
+pub struct Access {
+    mode: MqttAuth,
+    hub: OnceLock<Arc<Hub>>,
+    ready: watch::Sender<bool>,
+    router: OnceLock<Arc<MessageRouter>>,
+    /// Client id → the identity (subject key) that last logged in with it.
+    sessions: Mutex<HashMap<String, String>>,
+    verified: Mutex<HashMap<String, [u8; 32]>>,
+    slow_checks: Semaphore,
+}
+
+impl Access {
+    pub fn new(mode: MqttAuth) -> Access {
+        Access {
+            mode,
+            hub: OnceLock::new(),
+            ready: watch::Sender::new(false),
+            router: OnceLock::new(),
+            sessions: Mutex::new(HashMap::new()),
+            verified: Mutex::new(HashMap::new()),
+            slow_checks: Semaphore::new(1),
+        }
+    }
+
+    pub fn mode(&self) -> MqttAuth {
+        self.mode
+    }
+
+    pub(crate) fn set_router(&self, router: Arc<MessageRouter>) {
+        let _ = self.router.set(router);
+    }
+
+    /// Gives the gatekeeper the core's credentials.
+    pub fn attach(&self, hub: Arc<Hub>) {
+        if self.hub.set(hub).is_err() {
+            warn!("the broker's credential source was already set; keeping the first");
+        }
+        self.ready.send_replace(true);
+    }
+
+    async fn hub(&self) -> Option<Arc<Hub>> {
+        if let Some(h) = self.hub.get() {
+            return Some(h.clone());
+        }
+        let mut ready = self.ready.subscribe();
+        ready.wait_for(|&r| r).await.ok()?;
+        self.hub.get().cloned()
+    }
+
+    fn refused(&self, hub: &Hub, r: Refusal) {
+        hub.mqtt_refused(r, now_ms());
+    }
+
+    async fn login(&self, connect: &ConnectPacket, addr: SocketAddr) -> AuthResult {
+        let Some(hub) = self.hub().await else {
+            return AuthResult::fail(ReasonCode::ServerUnavailable);
+        };
+        let client_id = connect.client_id.clone();
+        let username = connect.username.as_deref().filter(|u| !u.is_empty());
+        let refuse = |code: ReasonCode, reason: &'static str| {
+            self.refused(
+                &hub,
+                Refusal {
+                    action: "connect",
+                    reason,
+                    client_id: client_id.clone(),
+                    user: username.map(str::to_string),
+                    topic: None,
+                    addr: Some(addr.ip().to_string()),
+                },
+            );
+            AuthResult::fail(code)
+        };
+        let identity = match username {
+            None if self.mode == MqttAuth::Devices => {
+                return refuse(ReasonCode::NotAuthorized, "no credential");
+            }
+            None => None,
+            Some(name) => match hub.credential(name) {
+                None if self.mode == MqttAuth::Off => None,
+                None => return refuse(ReasonCode::BadUsernameOrPassword, "unknown username"),
+                Some(cred) => {
+                    let password = connect.password.as_deref().unwrap_or_default();
+                    if !self.check(&cred, password).await {
+                        return refuse(ReasonCode::BadUsernameOrPassword, "wrong password");
+                    }
+                    Some(cred.subject.key())
+                }
+            },
+        };
+        // A live session of another identity keeps its client id.
+        let holder = self.sessions_lock().get(&client_id).cloned();
+        if let Some(holder) = holder
+            && Some(&holder) != identity.as_ref()
+            && self.is_connected(&client_id).await
+        {
+            return refuse(
+                ReasonCode::NotAuthorized,
+                "client id in use by another identity",
+            );
+        }
+        match identity {
+            Some(id) => {
+                self.sessions_lock().insert(client_id, id.clone());
+                AuthResult::success_with_user(id)
+            }
+            None => AuthResult::success(),
+        }
+    }
+
+    async fn check(&self, cred: &access::Credential, password: &[u8]) -> bool {
+        if !access::is_slow(&cred.hash) {
+            return access::verify(password, &cred.hash);
+        }
+        let print = access::fingerprint(&cred.hash, password);
+        if self.verified_lock().get(&cred.username) == Some(&print) {
+            return true;
+        }
+        let Ok(_permit) = self.slow_checks.acquire().await else {
+            return false;
+        };
+        let (hash, pw) = (cred.hash.clone(), password.to_vec());
+        let ok = tokio::task::spawn_blocking(move || access::verify(&pw, &hash))
+            .await
+            .unwrap_or(false);
+        if ok {
+            let mut v = self.verified_lock();
+            if v.len() >= VERIFIED_KEPT {
+                v.clear();
+            }
+            v.insert(cred.username.clone(), print);
+        }
+        ok
+    }
+
+    async fn is_connected(&self, client_id: &str) -> bool {
+        match self.router.get() {
+            Some(r) => r.is_connected(client_id).await,
+            None => false,
+        }
+    }
+
+    fn sessions_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn verified_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, [u8; 32]>> {
+        self.verified.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A session ended: forget its client id unless another session holds it now.
+    pub(crate) async fn disconnected(&self, client_id: &str) {
+        if self.is_connected(client_id).await {
+            return;
+        }
+        self.sessions_lock().remove(client_id);
+    }
+
+    /// Disconnects every session logged in as `user` (a subject key), with the broker's own
+    /// session takeover: the displaced handler closes its connection.
+    pub fn disconnect(self: &Arc<Self>, user: &str) {
+        let clients: Vec<String> = self
+            .sessions_lock()
+            .iter()
+            .filter(|(_, u)| u.as_str() == user)
+            .map(|(c, _)| c.clone())
+            .collect();
+        let Some(router) = self.router.get().cloned() else {
+            return;
+        };
+        if clients.is_empty() {
+            return;
+        }
+        info!(
+            user,
+            sessions = clients.len(),
+            "disconnecting the sessions of a revoked or rotated credential"
+        );
+        let this = self.clone();
+        tokio::spawn(async move {
+            for client_id in clients {
+                kick(&router, &client_id).await;
+                this.sessions_lock().remove(&client_id);
+            }
+        });
+    }
+
+    fn judge(
+        &self,
+        action: &'static str,
+        client_id: &str,
+        user: Option<&str>,
+        topic: &str,
+        ok: bool,
+    ) -> bool {
+        if !ok && let Some(hub) = self.hub.get() {
+            self.refused(
+                hub,
+                Refusal {
+                    action,
+                    reason: "topic not allowed",
+                    client_id: client_id.to_string(),
+                    user: user.map(str::to_string),
+                    topic: Some(topic.to_string()),
+                    addr: None,
+                },
+            );
+        }
+        ok
+    }
+}
+
+/// Takes `client_id`'s session over with a session of nobody's, then releases it: the live
+/// handler gets the broker's takeover notice and closes its connection.
+async fn kick(router: &MessageRouter, client_id: &str) {
+    let slot = router.lock_session(client_id).await;
+    let (lanes, _receivers) = DeliveryLanes::channel(1);
+    let queue = router.queue_handle(client_id);
+    let (notice_tx, _notice_rx) = tokio::sync::oneshot::channel();
+    let generation = router.allocate_generation();
+    let registration = router
+        .register_session_as(
+            generation,
+            client_id.to_string(),
+            lanes,
+            queue.clone(),
+            notice_tx,
+            true,
+        )
+        .await;
+    drop(slot);
+    if let Some(released) = registration.released {
+        let _ = tokio::time::timeout(KICK_WAIT, released).await;
+    }
+    let slot = router.lock_session(client_id).await;
+    router.release_client(client_id, generation, false).await;
+    queue.clear(None);
+    drop(slot);
+}
+
+impl AuthProvider for Access {
+    fn authenticate<'a>(
+        &'a self,
+        connect: &'a ConnectPacket,
+        client_addr: SocketAddr,
+    ) -> BoxFuture<'a, mqtt5::Result<AuthResult>> {
+        Box::pin(async move { Ok(self.login(connect, client_addr).await) })
+    }
+
+    fn authorize_publish<'a>(
+        &'a self,
+        client_id: &str,
+        user_id: Option<&'a str>,
+        topic: &'a str,
+    ) -> BoxFuture<'a, bool> {
+        let ok = access::may_publish(&Principal::of(user_id), topic);
+        let ok = self.judge("publish", client_id, user_id, topic, ok);
+        Box::pin(std::future::ready(ok))
+    }
+
+    fn authorize_subscribe<'a>(
+        &'a self,
+        client_id: &str,
+        user_id: Option<&'a str>,
+        topic_filter: &'a str,
+    ) -> BoxFuture<'a, bool> {
+        let ok = access::may_subscribe(&Principal::of(user_id), topic_filter);
+        let ok = self.judge("subscribe", client_id, user_id, topic_filter, ok);
+        Box::pin(std::future::ready(ok))
+    }
+}
