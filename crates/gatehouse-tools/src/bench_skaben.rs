@@ -19,6 +19,14 @@
 //! Connections are opened at `--connect-rate` per second, in batches every 100 ms, and every
 //! connection is subscribed before the load starts; how long that took is reported.
 //!
+//! Logins: each connection logs in as its device would in `simulate skaben`: with its line of
+//! `--credentials FILE`, else `--username`/`--password`, else anonymously; the reference
+//! phase's connection for device `<id>` (client id `echo-<id>`) uses the same login. A broker that refuses a login (CONNACK 4 or 5) or a subscription
+//! (SUBACK 0x80) stops the bench with an error saying which. Under a device ACL the reference's
+//! `gatehouse-bench/…` topics are refused (or never echo): with a login, a reference phase with
+//! a refused subscription or no round trip at all fails with "the broker refuses the
+//! reference's topics; …" before the server phase runs.
+//!
 //! ```text
 //! bench skaben: 100 devices (type lock), 10 s after 1 s warm-up, QoS 1, against 127.0.0.1:1883
 //!   server  CUP request→CUP   21 345 round trips/s  p50 3.9 ms  p90 6.0 ms  p99 9.8 ms  max 40 ms  timeouts 0  errors 0
@@ -27,18 +35,20 @@
 //! ```
 
 use std::fmt;
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use rumqttc::{Event, Packet, QoS};
+use rumqttc::{Event, Packet, QoS, SubscribeReasonCode};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior, sleep, sleep_until};
 
 use crate::args::{non_negative_secs, positive_secs};
 use crate::latency::Latencies;
+use crate::simulate_skaben::login::{self, Logins};
 use crate::simulate_skaben::mqtt::{self, Broker};
 
 /// A request unanswered this long is a time-out, and the device sends a new one.
@@ -56,6 +66,9 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const BETWEEN_PHASES: Duration = Duration::from_millis(500);
 /// The reference phase's topic prefix; the server subscribes to none of it.
 const ECHO_PREFIX: &str = "gatehouse-bench";
+/// Why the reference phase cannot run under a device ACL, and what to do instead.
+const REFERENCE_REFUSED: &str = "the broker refuses the reference's topics; measure the \
+    reference with the server's --mqtt-auth off, or pass --no-reference";
 
 /// Load the SKABEN server through its MQTT broker with CUP requests, and compare with the
 /// broker's own publish→receive rate.
@@ -64,6 +77,10 @@ const ECHO_PREFIX: &str = "gatehouse-bench";
 /// the next (closed loop), measuring round trips/s and latency. The reference phase uses N
 /// other connections at the same QoS, each publishing to a topic only it subscribes to: the
 /// broker's forwarding rate, the ceiling for any server behind it.
+///
+/// Connections log in with their device's line of --credentials, else --username/--password,
+/// else anonymously (the reference phase too). A refused login or subscription stops the
+/// bench with an error.
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchSkabenArgs {
     /// MQTT broker the server listens on, HOST:PORT.
@@ -108,6 +125,28 @@ pub struct BenchSkabenArgs {
     #[arg(long, value_name = "PER_SEC", default_value_t = 2000,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub connect_rate: u32,
+
+    /// MQTT user name of every connection whose device has no line in --credentials: a type
+    /// credential, one secret for a fleet of identical devices. Without it (and without a
+    /// line) a connection is anonymous. The broker's reference phase needs its own topics:
+    /// under a device ACL, pass --no-reference.
+    #[arg(long, value_name = "USER", env = "GATEHOUSE_MQTT_USERNAME")]
+    pub username: Option<String>,
+
+    /// Password that goes with --username (which it needs).
+    #[arg(
+        long,
+        value_name = "PASS",
+        env = "GATEHOUSE_MQTT_PASSWORD",
+        hide_env_values = true
+    )]
+    pub password: Option<String>,
+
+    /// Per-device logins, read once at start: one line per device, `<device-id> <username>
+    /// <password>`, whitespace-separated; blank lines and lines starting with # are ignored.
+    /// A device with a line logs in with it; the others use --username/--password.
+    #[arg(long, value_name = "FILE")]
+    pub credentials: Option<PathBuf>,
 }
 
 fn parse_type(s: &str) -> Result<String, String> {
@@ -240,7 +279,11 @@ pub async fn run(args: BenchSkabenArgs) -> anyhow::Result<()> {
         "bench skaben: {} devices (type {}), {} s after {} s warm-up, QoS {}, against {} ({phases})",
         args.devices, args.device_type, args.duration, args.warmup, args.qos, args.mqtt
     );
-    let report = measure(&args).await?;
+    let logins = logins(&args)?;
+    if let Some(line) = logins.describe(&args.id_prefix, args.devices) {
+        println!("{line}");
+    }
+    let report = measure_with(&args, logins).await?;
     // The header is already out.
     let text = report.to_string();
     println!(
@@ -267,8 +310,23 @@ pub async fn run(args: BenchSkabenArgs) -> anyhow::Result<()> {
 }
 
 /// Runs the bench and returns what it measured (no output): the broker phase first (unless
-/// --no-reference), then the server phase (unless --reference-only).
+/// --no-reference), then the server phase (unless --reference-only). Fails when the broker
+/// refuses a login or a subscription, and, with a login, when the reference phase had no
+/// round trip.
 pub async fn measure(args: &BenchSkabenArgs) -> anyhow::Result<BenchSkabenReport> {
+    measure_with(args, logins(args)?).await
+}
+
+/// The logins of --username/--password/--credentials (the file read now).
+fn logins(args: &BenchSkabenArgs) -> anyhow::Result<Logins> {
+    Logins::from_args(
+        args.username.as_deref(),
+        args.password.as_deref(),
+        args.credentials.as_deref(),
+    )
+}
+
+async fn measure_with(args: &BenchSkabenArgs, logins: Logins) -> anyhow::Result<BenchSkabenReport> {
     let window = Window::new(args)?;
     let device_type = skaben::validate_device_type(&args.device_type)
         .with_context(|| format!("--type {:?}", args.device_type))?;
@@ -296,11 +354,19 @@ pub async fn measure(args: &BenchSkabenArgs) -> anyhow::Result<BenchSkabenReport
         connect_wait: CONNECT_SLACK
             + Duration::from_secs_f64(args.devices as f64 / f64::from(args.connect_rate)),
         window,
+        logins: Arc::new(logins),
     };
     let broker_phase = if args.no_reference {
         None
     } else {
-        Some(phase(&setup, &Target::Echo).await?)
+        let broker = phase(&setup, &Target::Echo).await?;
+        // Under a device ACL the broker may take the echo publishes and drop them.
+        anyhow::ensure!(
+            broker.round_trips > 0 || !setup.logins.any(),
+            "{REFERENCE_REFUSED} (no message came back on {ECHO_PREFIX}/…/echo in {} s)",
+            window.seconds.as_secs_f64() + window.warmup.as_secs_f64()
+        );
+        Some(broker)
     };
     let server_phase = if args.reference_only {
         None
@@ -361,6 +427,7 @@ struct Setup {
     batch: usize,
     connect_wait: Duration,
     window: Window,
+    logins: Arc<Logins>,
 }
 
 /// Who answers a connection's requests.
@@ -375,6 +442,8 @@ enum Target {
 /// One connection's topics and identity.
 #[derive(Debug, Clone)]
 struct Route {
+    /// The device's id: what its login is found by.
+    device_id: String,
     client_id: String,
     /// Where requests go.
     request: String,
@@ -388,6 +457,7 @@ impl Target {
     fn route(&self, id: &str) -> Route {
         match self {
             Target::Server { device_type } => Route {
+                device_id: id.to_string(),
                 client_id: id.to_string(),
                 request: format!("ask/{device_type}/{id}/cup"),
                 answer: format!("{device_type}/{id}/cup"),
@@ -396,6 +466,7 @@ impl Target {
             Target::Echo => {
                 let topic = format!("{ECHO_PREFIX}/{id}/echo");
                 Route {
+                    device_id: id.to_string(),
                     client_id: format!("echo-{id}"),
                     request: topic.clone(),
                     answer: topic,
@@ -427,22 +498,57 @@ struct Counts {
 struct Phase {
     setup_qos: QoS,
     broker: Broker,
+    logins: Arc<Logins>,
     latencies: Latencies,
     /// Connections subscribed at least once.
     ready: AtomicUsize,
+    /// Wakes the phase when `ready` grows or `refused` is set.
     ready_changed: Notify,
+    /// The first refusal; it stops the phase.
+    refused: Mutex<Option<Refusal>>,
+}
+
+/// What the broker refused a connection; either stops the phase.
+#[derive(Debug, Clone)]
+enum Refusal {
+    /// CONNACK 4 or 5: the message naming the device.
+    Login(String),
+    /// SUBACK 0x80.
+    Subscription { device_id: String, topic: String },
+}
+
+impl Phase {
+    /// Keeps the first refusal and wakes the phase.
+    fn refuse(&self, refusal: Refusal) {
+        let mut first = self.refused.lock().unwrap_or_else(PoisonError::into_inner);
+        if first.is_none() {
+            *first = Some(refusal);
+        }
+        drop(first);
+        self.ready_changed.notify_one();
+    }
+
+    fn refusal(&self) -> Option<Refusal> {
+        self.refused
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
 }
 
 /// Opens N connections, waits until all are subscribed (or the connect wait is over), loads
-/// them for warm-up + duration, and adds up.
+/// them for warm-up + duration, and adds up. A refused login or subscription stops it at once,
+/// with an error.
 async fn phase(setup: &Setup, target: &Target) -> anyhow::Result<PhaseReport> {
     let n = usize::try_from(setup.devices).context("--devices is too large")?;
     let shared = Arc::new(Phase {
         setup_qos: setup.qos,
         broker: setup.broker.clone(),
+        logins: Arc::clone(&setup.logins),
         latencies: Latencies::new(n)?,
         ready: AtomicUsize::new(0),
         ready_changed: Notify::new(),
+        refused: Mutex::new(None),
     });
     let (go, _) = watch::channel(None::<Clock>);
     let started = Instant::now();
@@ -453,15 +559,19 @@ async fn phase(setup: &Setup, target: &Target) -> anyhow::Result<PhaseReport> {
     let mut index = 0usize;
     while index < n {
         tick.tick().await;
+        if shared.refusal().is_some() {
+            break;
+        }
         for _ in 0..setup.batch.min(n - index) {
             let route = target.route(&mqtt::device_id(&setup.prefix, index as u64));
             running.spawn(drive(Arc::clone(&shared), index, route, go.subscribe()));
             index += 1;
         }
     }
-    // Wait until every connection is subscribed, or the time allowed is over.
+    // Wait until every connection is subscribed, or one is refused, or the time allowed is
+    // over.
     loop {
-        if shared.ready.load(Ordering::Relaxed) >= n {
+        if shared.ready.load(Ordering::Relaxed) >= n || shared.refusal().is_some() {
             break;
         }
         tokio::select! {
@@ -472,8 +582,8 @@ async fn phase(setup: &Setup, target: &Target) -> anyhow::Result<PhaseReport> {
     let connect_seconds = started.elapsed().as_secs_f64();
     let connections = shared.ready.load(Ordering::Relaxed);
     let now = Instant::now();
-    let clock = if connections == 0 {
-        // Nobody could connect: stop them all now; the report says why.
+    let clock = if connections == 0 || shared.refusal().is_some() {
+        // Nobody could connect, or the broker refuses them: stop them all now.
         Clock {
             measure_from: now,
             end: now,
@@ -500,6 +610,24 @@ async fn phase(setup: &Setup, target: &Target) -> anyhow::Result<PhaseReport> {
             }
             Err(_) => total.errors += 1,
         }
+    }
+    match shared.refusal() {
+        None => {}
+        // The reference's connections are not the devices (their client ids are `echo-<id>`):
+        // a broker may refuse them what it lets the devices do.
+        Some(Refusal::Login(message)) => match target {
+            Target::Echo => anyhow::bail!("{REFERENCE_REFUSED} ({message})"),
+            Target::Server { .. } => anyhow::bail!(message),
+        },
+        Some(Refusal::Subscription { device_id, topic }) => match target {
+            Target::Echo => anyhow::bail!(
+                "{REFERENCE_REFUSED} (SUBACK failure 0x80 for {topic}, device {device_id})"
+            ),
+            Target::Server { .. } => anyhow::bail!(
+                "the broker refused device {device_id} the subscription to {topic} (SUBACK \
+                 failure 0x80): check the broker's ACL for the device's own topics"
+            ),
+        },
     }
     if connections == 0 {
         anyhow::bail!(
@@ -546,7 +674,13 @@ async fn drive(
     mut go: watch::Receiver<Option<Clock>>,
 ) -> Counts {
     let mut counts = Counts::default();
-    let (client, mut eventloop) = mqtt::client(&shared.broker, &route.client_id, QUEUE, INFLIGHT);
+    let (client, mut eventloop) = mqtt::client(
+        &shared.broker,
+        &route.client_id,
+        shared.logins.get(&route.device_id),
+        QUEUE,
+        INFLIGHT,
+    );
     eventloop.state.events = Default::default();
     let qos = shared.setup_qos;
     let mut clock: Option<Clock> = *go.borrow_and_update();
@@ -612,7 +746,14 @@ async fn drive(
                         counts.errors += 1;
                     }
                 }
-                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                Ok(Event::Incoming(Packet::SubAck(suback))) => {
+                    if suback.return_codes.contains(&SubscribeReasonCode::Failure) {
+                        shared.refuse(Refusal::Subscription {
+                            device_id: route.device_id.clone(),
+                            topic: route.answer.clone(),
+                        });
+                        break;
+                    }
                     subscribed = true;
                     if !ready_reported {
                         ready_reported = true;
@@ -644,6 +785,11 @@ async fn drive(
                 Err(e) => {
                     counts.errors += 1;
                     counts.last_error = Some(format!("{}: {e}", route.client_id));
+                    // A refused login does not get better by retrying: stop the phase.
+                    if let Some(message) = login::refusal(&shared.logins, &route.device_id, &e) {
+                        shared.refuse(Refusal::Login(message));
+                        break;
+                    }
                     connected = false;
                     subscribed = false;
                     outstanding = None;
@@ -686,6 +832,7 @@ fn is_cup(payload: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::simulate_skaben::test_broker::{Script, TestBroker};
     use clap::{CommandFactory, Parser};
 
     #[derive(Parser, Debug)]
@@ -727,6 +874,164 @@ mod tests {
             let argv = std::iter::once("bench").chain(bad.iter().copied());
             assert!(Cli::try_parse_from(argv).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn login_flags() {
+        let a = Cli::try_parse_from(["bench"]).unwrap().args;
+        // (Unless the environment gives them.)
+        if std::env::var_os("GATEHOUSE_MQTT_USERNAME").is_none()
+            && std::env::var_os("GATEHOUSE_MQTT_PASSWORD").is_none()
+        {
+            assert_eq!((a.username, a.password, a.credentials), (None, None, None));
+        }
+        let a = Cli::try_parse_from([
+            "bench",
+            "--username",
+            "lock",
+            "--password",
+            "s3cret",
+            "--credentials",
+            "creds.txt",
+        ])
+        .unwrap()
+        .args;
+        assert_eq!(a.username.as_deref(), Some("lock"));
+        assert_eq!(a.password.as_deref(), Some("s3cret"));
+        assert_eq!(a.credentials, Some(PathBuf::from("creds.txt")));
+    }
+
+    fn args_for(broker: &TestBroker, prefix: &str, extra: &[&str]) -> BenchSkabenArgs {
+        let mqtt = broker.addr.to_string();
+        let argv = [
+            "bench",
+            "--mqtt",
+            &mqtt,
+            "--devices",
+            "3",
+            "--duration",
+            "0.3",
+            "--warmup",
+            "0",
+            "--qos",
+            "0",
+            "--id-prefix",
+            prefix,
+        ];
+        Cli::try_parse_from(argv.iter().chain(extra)).unwrap().args
+    }
+
+    async fn bench_error(script: Script, prefix: &str, extra: &[&str]) -> String {
+        let broker = TestBroker::start(script).await;
+        let args = args_for(&broker, prefix, extra);
+        let run = tokio::time::timeout(Duration::from_secs(10), measure(&args));
+        format!("{:#}", run.await.expect("no hang").unwrap_err())
+    }
+
+    const ACCEPT: Script = Script {
+        connack: 0,
+        refuse_subscriptions: false,
+    };
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_login_stops_the_bench() {
+        let refuse = Script {
+            connack: 5,
+            ..ACCEPT
+        };
+        let login = ["--username", "fleet", "--password", "pw"];
+        let e = bench_error(
+            refuse,
+            "be4c01",
+            &[&login[..], &["--no-reference"]].concat(),
+        )
+        .await;
+        assert!(
+            e.starts_with("the broker refused the login of device be4c0100000")
+                && e.contains(": not authorised; check --username/--password/--credentials")
+                && e.contains("as \"fleet\", from --username"),
+            "{e}"
+        );
+        // The reference phase's connections say it is the reference.
+        let e = bench_error(refuse, "be4c02", &login).await;
+        assert!(e.starts_with(REFERENCE_REFUSED), "{e}");
+        assert!(
+            e.contains("the broker refused the login of device be4c02"),
+            "{e}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn refused_subscriptions_stop_the_bench() {
+        let refuse = Script {
+            refuse_subscriptions: true,
+            ..ACCEPT
+        };
+        let e = bench_error(refuse, "be4c03", &["--username", "fleet"]).await;
+        assert!(e.starts_with(REFERENCE_REFUSED), "{e}");
+        assert!(
+            e.contains("SUBACK failure 0x80 for gatehouse-bench/be4c03"),
+            "{e}"
+        );
+        let e = bench_error(refuse, "be4c04", &["--no-reference"]).await;
+        assert!(
+            e.starts_with("the broker refused device be4c0400000")
+                && e.contains("the subscription to lock/be4c0400000"),
+            "{e}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reference_that_never_echoes_under_a_login_is_an_error() {
+        let e = bench_error(ACCEPT, "be4c05", &["--reference-only", "--username", "u"]).await;
+        assert!(e.starts_with(REFERENCE_REFUSED), "{e}");
+        assert!(e.contains("no message came back"), "{e}");
+        // Anonymous, the figure is reported as measured (0), as before.
+        let broker = TestBroker::start(ACCEPT).await;
+        let args = args_for(&broker, "be4c06", &["--reference-only"]);
+        let report = measure(&args).await.unwrap();
+        assert_eq!(report.broker.map(|b| b.round_trips), Some(0));
+        let logins: Vec<_> = broker.connects().into_iter().map(|c| c.username).collect();
+        assert_eq!(logins, [None, None, None]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bench_connections_log_in_with_their_device_line() {
+        let dir = std::env::temp_dir().join(format!("gatehouse-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bench-logins.txt");
+        std::fs::write(&path, "BE4C07000002 own secret\n").unwrap();
+        let broker = TestBroker::start(ACCEPT).await;
+        let file = path.display().to_string();
+        let args = args_for(
+            &broker,
+            "be4c07",
+            &[
+                "--reference-only",
+                "--username",
+                "fleet",
+                "--credentials",
+                &file,
+            ],
+        );
+        // Nothing echoes here: the error is expected; the logins are what is checked.
+        assert!(measure(&args).await.is_err());
+        let mut logins: Vec<_> = broker
+            .connects()
+            .into_iter()
+            .map(|c| (c.client_id, c.username, c.password))
+            .collect();
+        logins.sort();
+        let some = |s: &str| Some(s.to_string());
+        assert_eq!(
+            logins,
+            [
+                ("echo-be4c07000000".into(), some("fleet"), None),
+                ("echo-be4c07000001".into(), some("fleet"), None),
+                ("echo-be4c07000002".into(), some("own"), some("secret")),
+            ]
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -11,6 +11,11 @@
 //! it and the counters. Every `--report-every` seconds a line of counters is printed, and a
 //! full [`SimulateReport`] at the end; [`Simulation`] gives tests the same figures.
 //!
+//! Devices log in with their own line of `--credentials FILE`, else the type credential
+//! `--username`/`--password`, else anonymously (the `login` module). A broker that refuses a
+//! login (CONNACK 4 or 5) stops the whole run with an error naming the device; other
+//! connection errors are retried, 500 ms doubling to 30 s.
+//!
 //! ```text
 //! simulate skaben: 10000 devices (lock, rgb), profile standard, QoS 1, against 127.0.0.1:1883
 //! all 10000 devices connected in 5.1 s
@@ -18,9 +23,13 @@
 //! ```
 
 mod device;
+pub(crate) mod login;
 pub(crate) mod mqtt;
+#[cfg(test)]
+pub(crate) mod test_broker;
 
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -35,6 +44,7 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior, sleep, sleep_until};
 
 use self::device::{ConfigMatch, Device, Seen, Sent};
+use self::login::Logins;
 use self::mqtt::Broker;
 use crate::args::positive_secs;
 
@@ -57,6 +67,9 @@ const DISCONNECT_GRACE: Duration = Duration::from_secs(1);
 /// config. Counters are printed every --report-every seconds and at the end, including how
 /// many devices hold exactly the config the server last sent them. Stop with Ctrl-C or
 /// --duration.
+///
+/// Devices log in with their line of --credentials, else --username/--password, else
+/// anonymously; a broker that refuses a login stops the run with an error.
 #[derive(clap::Args, Debug, Clone)]
 pub struct SimulateSkabenArgs {
     /// MQTT broker the server listens on, HOST:PORT.
@@ -116,6 +129,27 @@ pub struct SimulateSkabenArgs {
     /// Print every packet each device sends and receives (for a few devices).
     #[arg(long)]
     pub verbose: bool,
+
+    /// MQTT user name of every device without a line in --credentials: a type credential,
+    /// one secret for a fleet of identical devices. Without it (and without a line) a device
+    /// connects anonymously.
+    #[arg(long, value_name = "USER", env = "GATEHOUSE_MQTT_USERNAME")]
+    pub username: Option<String>,
+
+    /// Password that goes with --username (which it needs).
+    #[arg(
+        long,
+        value_name = "PASS",
+        env = "GATEHOUSE_MQTT_PASSWORD",
+        hide_env_values = true
+    )]
+    pub password: Option<String>,
+
+    /// Per-device logins, read once at start: one line per device, `<device-id> <username>
+    /// <password>`, whitespace-separated; blank lines and lines starting with # are ignored.
+    /// A device with a line logs in with it; the others use --username/--password.
+    #[arg(long, value_name = "FILE")]
+    pub credentials: Option<PathBuf>,
 }
 
 fn parse_type(s: &str) -> Result<String, String> {
@@ -266,6 +300,9 @@ pub async fn run(args: SimulateSkabenArgs) -> anyhow::Result<()> {
         sim.broker,
         mqtt::device_id(&args.id_prefix, 0),
     );
+    if let Some(line) = sim.shared.logins.describe(&args.id_prefix, args.devices) {
+        println!("{line}");
+    }
     let every = Duration::try_from_secs_f64(args.report_every)
         .ok()
         .filter(|d| !d.is_zero())
@@ -294,6 +331,8 @@ pub async fn run(args: SimulateSkabenArgs) -> anyhow::Result<()> {
                 }
             }
             () = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => break,
+            // The devices are stopping already; `stop` returns the refusal as the error.
+            _ = sim.refused() => break,
             signal = &mut ctrl_c => {
                 signal.context("cannot listen for Ctrl-C")?;
                 println!("stopping (Ctrl-C)");
@@ -308,21 +347,30 @@ pub async fn run(args: SimulateSkabenArgs) -> anyhow::Result<()> {
 
 /// A running simulation: the devices are started in the background, gently; [`report`]
 /// reads the counters at any time, [`stop`] disconnects every device and gives the final
-/// counters.
+/// counters (dropping it stops the devices too). If the broker refuses a device's login,
+/// every device stops at once, [`refused`] says why, and [`stop`] returns that as its error.
 ///
 /// [`report`]: Simulation::report
 /// [`stop`]: Simulation::stop
+/// [`refused`]: Simulation::refused
 pub struct Simulation {
     shared: Arc<Shared>,
     broker: Broker,
-    stop: watch::Sender<bool>,
     all_up: watch::Sender<Option<Duration>>,
-    spawner: tokio::task::JoinHandle<u64>,
+    /// Always there until [`Simulation::stop`].
+    spawner: Option<tokio::task::JoinHandle<u64>>,
+}
+
+impl Drop for Simulation {
+    fn drop(&mut self) {
+        self.shared.stop.send_replace(true);
+    }
 }
 
 impl Simulation {
-    /// Checks the arguments and starts the devices (in the background, at --connect-rate).
-    /// --duration is not applied here: the caller decides when to [`Simulation::stop`].
+    /// Checks the arguments, reads --credentials, and starts the devices (in the background,
+    /// at --connect-rate). --duration is not applied here: the caller decides when to
+    /// [`Simulation::stop`].
     pub async fn start(args: &SimulateSkabenArgs) -> anyhow::Result<Simulation> {
         anyhow::ensure!(args.devices > 0, "--devices must be at least 1");
         anyhow::ensure!(
@@ -337,6 +385,11 @@ impl Simulation {
             .collect::<anyhow::Result<Vec<String>>>()?;
         let prefix = mqtt::parse_prefix(&args.id_prefix).map_err(anyhow::Error::msg)?;
         mqtt::check_ids(&prefix, args.devices)?;
+        let logins = Logins::from_args(
+            args.username.as_deref(),
+            args.password.as_deref(),
+            args.credentials.as_deref(),
+        )?;
         let given = Broker::parse(&args.mqtt)?;
         let broker = resolve(&given).await?;
         mqtt::raise_fd_limit(args.devices)?;
@@ -351,8 +404,10 @@ impl Simulation {
         };
         let devices = usize::try_from(args.devices).context("--devices is too large")?;
         let (all_up, _) = watch::channel(None);
+        let (stop, stop_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             broker: broker.clone(),
+            logins,
             qos: mqtt::qos(args.qos),
             sup_every: every("sup-every", args.sup_every)?,
             info_every: every("info-every", args.info_every)?,
@@ -365,8 +420,9 @@ impl Simulation {
                 .collect(),
             last_error: Mutex::new(None),
             all_up: all_up.clone(),
+            stop,
+            refused: watch::channel(None).0,
         });
-        let (stop, stop_rx) = watch::channel(false);
         let spawner = tokio::spawn(spawn_devices(
             Arc::clone(&shared),
             types,
@@ -378,9 +434,8 @@ impl Simulation {
         Ok(Simulation {
             shared,
             broker: given,
-            stop,
             all_up,
-            spawner,
+            spawner: Some(spawner),
         })
     }
 
@@ -390,6 +445,7 @@ impl Simulation {
     }
 
     /// Waits until every device has connected once; returns how long that took from the start.
+    /// After a refused login it never returns: wait for [`Simulation::refused`] alongside.
     pub async fn all_connected(&self) -> Duration {
         let mut up = self.all_up.subscribe();
         match up.wait_for(Option::is_some).await {
@@ -399,13 +455,30 @@ impl Simulation {
         }
     }
 
-    /// Disconnects every device and returns the final counters.
-    pub async fn stop(self) -> anyhow::Result<SimulateReport> {
-        let _ = self.stop.send(true);
-        let crashed = self
-            .spawner
-            .await
-            .context("the task starting the devices crashed")?;
+    /// Waits until the broker refuses a device's login (CONNACK 4 or 5; every device is
+    /// stopping then), and returns the message naming it. Never returns otherwise.
+    pub async fn refused(&self) -> String {
+        let mut refused = self.shared.refused.subscribe();
+        match refused.wait_for(Option::is_some).await {
+            Ok(message) => message.clone().unwrap_or_default(),
+            // The sender lives as long as `self`.
+            Err(_) => std::future::pending().await,
+        }
+    }
+
+    /// Disconnects every device and returns the final counters; an error if the broker
+    /// refused a login (the message names the device) or a device task crashed.
+    pub async fn stop(mut self) -> anyhow::Result<SimulateReport> {
+        self.shared.stop.send_replace(true);
+        let crashed = match self.spawner.take() {
+            Some(spawner) => spawner
+                .await
+                .context("the task starting the devices crashed")?,
+            None => 0,
+        };
+        if let Some(message) = self.shared.refused.borrow().clone() {
+            anyhow::bail!(message);
+        }
         anyhow::ensure!(crashed == 0, "{crashed} virtual devices crashed");
         Ok(self.shared.report())
     }
@@ -428,6 +501,7 @@ async fn resolve(broker: &Broker) -> anyhow::Result<Broker> {
 /// What every device task shares: settings, counters, and one sync slot per device.
 struct Shared {
     broker: Broker,
+    logins: Logins,
     qos: QoS,
     sup_every: Option<Duration>,
     info_every: Option<Duration>,
@@ -439,6 +513,10 @@ struct Shared {
     sync: Box<[AtomicU8]>,
     last_error: Mutex<Option<String>>,
     all_up: watch::Sender<Option<Duration>>,
+    /// Stops every device (and the ramp).
+    stop: watch::Sender<bool>,
+    /// The first refused login's message.
+    refused: watch::Sender<Option<String>>,
 }
 
 #[derive(Debug, Default)]
@@ -522,6 +600,18 @@ impl Shared {
             .last_error
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = Some(e);
+    }
+
+    /// The broker refused a login: keeps the first message and stops every device.
+    fn refuse(&self, message: String) {
+        self.refused.send_if_modified(|refused| {
+            let first = refused.is_none();
+            if first {
+                *refused = Some(message);
+            }
+            first
+        });
+        self.stop.send_replace(true);
     }
 }
 
@@ -640,8 +730,13 @@ async fn run_device(
     if *stop.borrow() {
         return;
     }
-    let (client, mut eventloop) =
-        mqtt::client(&shared.broker, device.id(), DEVICE_QUEUE, DEVICE_INFLIGHT);
+    let (client, mut eventloop) = mqtt::client(
+        &shared.broker,
+        device.id(),
+        shared.logins.get(device.id()),
+        DEVICE_QUEUE,
+        DEVICE_INFLIGHT,
+    );
     // rumqttc reserves room for 100 buffered events per connection (kilobytes each); a device
     // rarely has more than two.
     eventloop.state.events = Default::default();
@@ -713,6 +808,11 @@ async fn run_device(
                         println!("[{}/{}] connection lost: {e}", device.device_type(), device.id());
                     }
                     shared.error(message);
+                    // A refused login does not get better by retrying: stop the run.
+                    if let Some(refusal) = login::refusal(&shared.logins, device.id(), &e) {
+                        shared.refuse(refusal);
+                        break;
+                    }
                     let pause = mqtt::jitter(backoff, seed ^ failures);
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                     tokio::select! {
@@ -901,6 +1001,136 @@ mod tests {
         assert!(text.contains("3 in sync"), "{text}");
     }
 
+    #[test]
+    fn login_flags() {
+        let a = Cli::try_parse_from(["simulate"]).unwrap().args;
+        // (Unless the environment gives them.)
+        if std::env::var_os("GATEHOUSE_MQTT_USERNAME").is_none()
+            && std::env::var_os("GATEHOUSE_MQTT_PASSWORD").is_none()
+        {
+            assert_eq!((a.username, a.password, a.credentials), (None, None, None));
+        }
+        let a = Cli::try_parse_from([
+            "simulate",
+            "--username",
+            "lock",
+            "--password",
+            "s3cret",
+            "--credentials",
+            "creds.txt",
+        ])
+        .unwrap()
+        .args;
+        assert_eq!(a.username.as_deref(), Some("lock"));
+        assert_eq!(a.password.as_deref(), Some("s3cret"));
+        assert_eq!(a.credentials, Some(PathBuf::from("creds.txt")));
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains("GATEHOUSE_MQTT_USERNAME"), "{help}");
+        assert!(help.contains("GATEHOUSE_MQTT_PASSWORD"), "{help}");
+    }
+
+    fn args_for(broker: &test_broker::TestBroker, prefix: &str) -> SimulateSkabenArgs {
+        let mut args = Cli::try_parse_from(["simulate", "--devices", "3", "--types", "lock"])
+            .unwrap()
+            .args;
+        args.mqtt = broker.addr.to_string();
+        args.id_prefix = prefix.into();
+        args.connect_rate = 1000;
+        args
+    }
+
+    fn credentials_file(name: &str, text: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("gatehouse-sim-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn devices_log_in_with_their_line_else_the_type_credential() {
+        let broker = test_broker::TestBroker::start(test_broker::Script {
+            connack: 0,
+            refuse_subscriptions: false,
+        })
+        .await;
+        let mut args = args_for(&broker, "10c1");
+        args.username = Some("fleet".into());
+        args.password = Some("pw".into());
+        args.credentials = Some(credentials_file(
+            "sim-logins.txt",
+            "# one device of its own\n10C100000001 own secret\n",
+        ));
+        let sim = Simulation::start(&args).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), sim.all_connected())
+            .await
+            .unwrap();
+        let r = sim.stop().await.unwrap();
+        assert_eq!(r.ever_connected, 3, "{r}");
+        let mut logins: Vec<_> = broker
+            .connects()
+            .into_iter()
+            .map(|c| (c.client_id, c.username, c.password))
+            .collect();
+        logins.sort();
+        logins.dedup();
+        let some = |s: &str| Some(s.to_string());
+        assert_eq!(
+            logins,
+            [
+                ("10c100000000".into(), some("fleet"), some("pw")),
+                ("10c100000001".into(), some("own"), some("secret")),
+                ("10c100000002".into(), some("fleet"), some("pw")),
+            ]
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_login_stops_the_run() {
+        for (code, reason) in [(5, "not authorised"), (4, "bad user name or password")] {
+            let broker = test_broker::TestBroker::start(test_broker::Script {
+                connack: code,
+                refuse_subscriptions: false,
+            })
+            .await;
+            let sim = Simulation::start(&args_for(&broker, "10c2")).await.unwrap();
+            let message = tokio::time::timeout(Duration::from_secs(5), sim.refused())
+                .await
+                .expect("the refusal stops the run");
+            assert!(
+                message.starts_with("the broker refused the login of device 10c2000000")
+                    && message.contains(&format!(
+                        ": {reason}; check --username/--password/--credentials"
+                    ))
+                    && message.ends_with("(it connected anonymously)"),
+                "{message}"
+            );
+            let e = sim.stop().await.unwrap_err().to_string();
+            assert_eq!(e, message);
+            // Stopped, not retrying: one CONNECT per device at most.
+            sleep(Duration::from_millis(700)).await;
+            assert!(broker.connects().len() <= 3, "{:?}", broker.connects());
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_password_without_a_user_name_is_refused_at_start() {
+        let broker = test_broker::TestBroker::start(test_broker::Script {
+            connack: 0,
+            refuse_subscriptions: false,
+        })
+        .await;
+        let mut args = args_for(&broker, "10c3");
+        args.password = Some("pw".into());
+        let e = Simulation::start(&args).await.err().unwrap().to_string();
+        assert!(e.contains("without --username"), "{e}");
+        args.password = None;
+        args.credentials = Some(credentials_file("sim-bad.txt", "10c300000000 user\n"));
+        let e = format!("{:#}", Simulation::start(&args).await.err().unwrap());
+        assert!(e.contains("sim-bad.txt line 1"), "{e}");
+        assert!(broker.connects().is_empty());
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_unreachable_broker_shows_in_the_report() {
         let args = SimulateSkabenArgs {
@@ -916,6 +1146,9 @@ mod tests {
             connect_rate: 100,
             report_every: 10.0,
             verbose: false,
+            username: None,
+            password: None,
+            credentials: None,
         };
         let sim = Simulation::start(&args).await.unwrap();
         sleep(Duration::from_millis(700)).await;

@@ -1,11 +1,13 @@
 //! MQTT plumbing shared by `simulate skaben` and `bench skaben`: the broker address, client
-//! options sized for thousands of connections, device ids, the connect ramp, and the file
-//! descriptor limit.
+//! options sized for thousands of connections (with the device's login, see [`super::login`]),
+//! device ids, the connect ramp, and the file descriptor limit.
 
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use rumqttc::{AsyncClient, EventLoop, MqttOptions, QoS};
+
+use super::login::Login;
 
 /// Largest packet either way (rumqttc's default is 10 KiB, too small for a big config).
 pub(crate) const MAX_PACKET: usize = 256 * 1024;
@@ -66,14 +68,19 @@ impl std::fmt::Display for Broker {
 
 /// A client and its event loop, for one device: clean session, TCP_NODELAY, big packets, and
 /// small queues (`capacity` requests waiting, `inflight` QoS 1 publishes unacknowledged), so
-/// that ten thousand of them stay cheap.
+/// that ten thousand of them stay cheap. With a `login`, its CONNECT carries that user name
+/// (and password, unless empty); without, it connects anonymously.
 pub(crate) fn client(
     broker: &Broker,
     client_id: &str,
+    login: Option<&Login>,
     capacity: usize,
     inflight: u16,
 ) -> (AsyncClient, EventLoop) {
     let mut options = MqttOptions::new(client_id, broker.host.as_str(), broker.port);
+    if let Some(login) = login {
+        options.set_credentials(login.username.as_str(), login.password.as_str());
+    }
     options
         .set_keep_alive(KEEP_ALIVE)
         .set_clean_session(true)

@@ -157,3 +157,121 @@ async fn bench_skaben_measures_the_server_and_the_broker() {
         .await;
     assert_eq!(msgs.as_array().unwrap().len(), 10);
 }
+
+/// With the broker's logins on (the default), the tools log in: a type credential for every
+/// virtual device, per-device lines from a credentials file; a wrong password stops them
+/// with an error naming the device instead of retrying forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tools_log_in_with_type_and_device_credentials() {
+    use clap::Parser as _;
+    use reqwest::Method;
+    let b = crate::common::Bench::start_with(crate::common::Broker::Embedded, |s| {
+        s.mqtt = gatehouse::gateway::mqtt::MqttSettings::Embedded {
+            listen: "127.0.0.1:0".into(),
+            auth: gatehouse::gateway::access::MqttAuth::Devices,
+        };
+    })
+    .await;
+    let mqtt = format!("127.0.0.1:{}", b.mqtt_port);
+    let (s, fleet) = b
+        .server
+        .send(
+            Method::POST,
+            "/api/types/lock/credentials",
+            Some(serde_json::json!({})),
+        )
+        .await;
+    assert_eq!(s, 201, "{fleet}");
+    let (fleet_user, fleet_pw) = (
+        fleet["username"].as_str().unwrap(),
+        fleet["password"].as_str().unwrap(),
+    );
+    // One device with its own credential, from a file; the others with the type's.
+    let (s, own) = b
+        .server
+        .send(
+            Method::POST,
+            "/api/devices/lock/5ca1c0000001/credentials",
+            Some(serde_json::json!({})),
+        )
+        .await;
+    assert_eq!(s, 201, "{own}");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("credentials.txt");
+    std::fs::write(
+        &file,
+        format!(
+            "# device username password\n5ca1c0000001 {} {}\n",
+            own["username"].as_str().unwrap(),
+            own["password"].as_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let sim_args = |password: &str| {
+        SimArgs::try_parse_from([
+            "sim",
+            "--mqtt",
+            &mqtt,
+            "--devices",
+            "5",
+            "--types",
+            "lock",
+            "--id-prefix",
+            "5ca1c0",
+            "--username",
+            fleet_user,
+            "--password",
+            password,
+            "--credentials",
+            file.to_str().unwrap(),
+        ])
+        .unwrap()
+        .a
+    };
+    let sim = gatehouse_tools::simulate_skaben::Simulation::start(&sim_args(fleet_pw))
+        .await
+        .unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(10), sim.all_connected())
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+    let r = sim.stop().await.unwrap();
+    assert_eq!((r.in_sync, r.differs), (5, 0), "{r}");
+    let stats = b.server.get("/api/stats").await.1;
+    assert_eq!(stats["mqtt_refused_logins"], 0, "{stats}");
+    // A wrong password: refused, and the tool says so.
+    let sim = gatehouse_tools::simulate_skaben::Simulation::start(&sim_args("wrong-password"))
+        .await
+        .unwrap();
+    let why = tokio::time::timeout(std::time::Duration::from_secs(10), sim.refused())
+        .await
+        .expect("the refusal stops the simulation");
+    assert!(why.contains("refused the login"), "{why}");
+    let err = sim.stop().await.unwrap_err().to_string();
+    assert!(err.contains("refused the login"), "{err}");
+    // The bench logs in the same way (the broker's reference phase needs its own topics).
+    let args = BenchArgs::try_parse_from([
+        "bench",
+        "--mqtt",
+        &mqtt,
+        "--devices",
+        "5",
+        "--duration",
+        "1",
+        "--warmup",
+        "0.2",
+        "--id-prefix",
+        "5ca1d0",
+        "--username",
+        fleet_user,
+        "--password",
+        fleet_pw,
+        "--no-reference",
+    ])
+    .unwrap()
+    .a;
+    let r = gatehouse_tools::bench_skaben::measure(&args).await.unwrap();
+    let s = r.server.as_ref().unwrap();
+    assert!(s.round_trips > 50, "{r}");
+    assert_eq!((s.timeouts, s.errors), (0, 0), "{r}");
+}
