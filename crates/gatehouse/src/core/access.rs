@@ -13,6 +13,8 @@
 //! - A client subscribes only under a literal type: never `#`, `+/…`, `ask/…` or `$…`. A
 //!   device: `<its type>/all/…` and `<its type>/<its id>/…`; a type credential: `<its
 //!   type>/…`; an anonymous client: any literal type. An observer may subscribe to anything.
+//! - `gatehouse-bench/…`, where `bench skaben` measures the broker's own rate, is open to
+//!   anonymous clients only (publish and subscribe); gatehouse never publishes there.
 //!
 //! Secrets are stored hashed ([`hash_generated`], [`hash_chosen`]): a generated password
 //! (192 random bits) as SHA-256, which is enough for a secret that cannot be guessed and costs
@@ -32,6 +34,9 @@ use crate::store::{CredentialRecord, StoreError, Write};
 
 /// The topic prefix of device → server packets.
 const ASK: &str = "ask";
+/// Where `bench skaben` measures the broker's own rate (publish → receive on a topic of its
+/// own): open to anonymous clients (`--mqtt-auth off`) only. gatehouse never publishes there.
+pub const BENCH_NAMESPACE: &str = "gatehouse-bench";
 
 /// Longest username or chosen password accepted.
 pub const MAX_SECRET_LEN: usize = 256;
@@ -149,6 +154,9 @@ pub fn may_publish(p: &Principal, topic: &str) -> bool {
     let Some(first) = levels.next() else {
         return false;
     };
+    if first == BENCH_NAMESPACE {
+        return *p == Principal::Anonymous;
+    }
     if !first.eq_ignore_ascii_case(ASK) || topic.contains(['#', '+']) {
         return false;
     }
@@ -192,6 +200,9 @@ pub fn may_subscribe(p: &Principal, filter: &str) -> bool {
         return false;
     }
     let second = levels.next();
+    if first == BENCH_NAMESPACE {
+        return *p == Principal::Anonymous;
+    }
     match p {
         Principal::Anonymous | Principal::Subject(Subject::Observer { .. }) => true,
         Principal::Subject(Subject::Type { r#type }) => first.eq_ignore_ascii_case(r#type),
@@ -570,6 +581,7 @@ mod tests {
             ("ask", [false, false, false, false]),
             ("ask/lock/b827eb0a1b2c", [false, false, true, false]),
             ("anything/else", [false, false, false, false]),
+            ("gatehouse-bench/1/echo", [false, false, true, false]),
         ];
         for (topic, want) in cases {
             let got = [device(), fleet(), Principal::Anonymous, observer()]
@@ -596,6 +608,7 @@ mod tests {
             ("$share/g/lock/all/#", [true, true, true, true]),
             ("$share/g/#", [false, false, false, true]),
             ("", [false, false, false, true]),
+            ("gatehouse-bench/1/echo", [false, false, true, true]),
         ];
         for (filter, want) in cases {
             let got = [device(), fleet(), Principal::Anonymous, observer()]
