@@ -16,7 +16,9 @@
 //! - Argon2id checks (passwords an operator chose) run off the broker's tasks, one at a time,
 //!   and a success is remembered (by a fingerprint of hash and password), so a fleet
 //!   reconnecting after a power cut costs one check per credential, and a stranger guessing
-//!   passwords costs at most one core.
+//!   passwords costs at most one core and gets about 20 guesses a minute per address (past
+//!   that, logins from there that would need a check are refused unchecked until the minute
+//!   ends; a remembered login still passes).
 //! - Revoking or rotating a credential disconnects its sessions ([`Access::disconnect`]).
 
 use std::collections::HashMap;
@@ -50,6 +52,13 @@ pub enum MqttAuth {
 const VERIFIED_KEPT: usize = 100_000;
 /// How long a kick waits for the displaced session to hand off.
 const KICK_WAIT: Duration = Duration::from_secs(2);
+/// Failed logins from one address in [`FAILURE_WINDOW`] after which its logins that need an
+/// Argon2id check are refused unchecked until the window ends (a guesser gets about 20 tries
+/// a minute; a device whose login is remembered is not affected; nothing is banned for good).
+const MAX_FAILURES: u32 = 20;
+const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+/// Addresses tracked for failures before the memory restarts.
+const FAILURES_TRACKED: usize = 10_000;
 
 type BoxFuture<'a, T> = Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
@@ -64,6 +73,8 @@ pub struct Access {
     sessions: Mutex<HashMap<String, String>>,
     verified: Mutex<HashMap<String, [u8; 32]>>,
     slow_checks: Semaphore,
+    /// Failed logins per address: (window start, failures in it).
+    failures: Mutex<HashMap<std::net::IpAddr, (std::time::Instant, u32)>>,
 }
 
 impl Access {
@@ -76,6 +87,7 @@ impl Access {
             sessions: Mutex::new(HashMap::new()),
             verified: Mutex::new(HashMap::new()),
             slow_checks: Semaphore::new(1),
+            failures: Mutex::new(HashMap::new()),
         }
     }
 
@@ -115,6 +127,9 @@ impl Access {
         let client_id = connect.client_id.clone();
         let username = connect.username.as_deref().filter(|u| !u.is_empty());
         let refuse = |code: ReasonCode, reason: &'static str| {
+            if code == ReasonCode::BadUsernameOrPassword {
+                self.failed(addr.ip());
+            }
             self.refused(
                 &hub,
                 Refusal {
@@ -138,6 +153,15 @@ impl Access {
                 None => return refuse(ReasonCode::BadUsernameOrPassword, "unknown username"),
                 Some(cred) => {
                     let password = connect.password.as_deref().unwrap_or_default();
+                    if access::is_slow(&cred.hash)
+                        && !self.remembered(&cred, password)
+                        && self.too_many_failures(addr.ip())
+                    {
+                        return refuse(
+                            ReasonCode::BadUsernameOrPassword,
+                            "too many failed logins from this address; try again in a minute",
+                        );
+                    }
                     if !self.check(&cred, password).await {
                         return refuse(ReasonCode::BadUsernameOrPassword, "wrong password");
                     }
@@ -165,12 +189,46 @@ impl Access {
         }
     }
 
+    /// Whether this (chosen) password of this credential verified before.
+    fn remembered(&self, cred: &access::Credential, password: &[u8]) -> bool {
+        let print = access::fingerprint(&cred.hash, password);
+        self.verified_lock().get(&cred.username) == Some(&print)
+    }
+
+    fn failures_lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<std::net::IpAddr, (std::time::Instant, u32)>> {
+        self.failures.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn failed(&self, ip: std::net::IpAddr) {
+        let now = std::time::Instant::now();
+        let mut f = self.failures_lock();
+        if f.len() >= FAILURES_TRACKED && !f.contains_key(&ip) {
+            f.retain(|_, (start, _)| now.duration_since(*start) < FAILURE_WINDOW);
+            if f.len() >= FAILURES_TRACKED {
+                f.clear();
+            }
+        }
+        let e = f.entry(ip).or_insert((now, 0));
+        if now.duration_since(e.0) >= FAILURE_WINDOW {
+            *e = (now, 0);
+        }
+        e.1 += 1;
+    }
+
+    fn too_many_failures(&self, ip: std::net::IpAddr) -> bool {
+        let f = self.failures_lock();
+        f.get(&ip)
+            .is_some_and(|(start, n)| *n >= MAX_FAILURES && start.elapsed() < FAILURE_WINDOW)
+    }
+
     async fn check(&self, cred: &access::Credential, password: &[u8]) -> bool {
         if !access::is_slow(&cred.hash) {
             return access::verify(password, &cred.hash);
         }
         let print = access::fingerprint(&cred.hash, password);
-        if self.verified_lock().get(&cred.username) == Some(&print) {
+        if self.remembered(cred, password) {
             return true;
         }
         let Ok(_permit) = self.slow_checks.acquire().await else {

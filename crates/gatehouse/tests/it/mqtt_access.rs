@@ -463,6 +463,50 @@ async fn a_type_credential_serves_a_fleet_with_its_own_secret() {
     assert_eq!(s, 404, "a lamp's credential registered a lock");
 }
 
+/// Guessing a chosen (Argon2id) password: about 20 tries a minute per address; a device whose
+/// login was checked before is not affected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_guessing_is_slowed_per_address() {
+    let b = bench(MqttAuth::Devices).await;
+    let port = b.mqtt_port;
+    for (ty, user) in [("rgb", "lamps"), ("scl", "scales")] {
+        let (s, v) = b
+            .server
+            .send(
+                Method::POST,
+                &format!("/api/types/{ty}/credentials"),
+                Some(json!({"username": user, "password": "venue-secret-1"})),
+            )
+            .await;
+        assert_eq!(s, 201, "{v}");
+    }
+    let lamps = Some(("lamps", "venue-secret-1"));
+    Client::connect(port, &id("lamp"), lamps).await;
+    for _ in 0..20 {
+        assert_eq!(
+            Client::refused(port, &id("guess"), Some(("scales", "guess"))).await,
+            ConnectReturnCode::BadUserNamePassword
+        );
+    }
+    // The right password of a credential not checked before: refused unchecked for now.
+    assert_eq!(
+        Client::refused(port, &id("scale"), Some(("scales", "venue-secret-1"))).await,
+        ConnectReturnCode::BadUserNamePassword
+    );
+    // A login checked before still passes from the same address.
+    Client::connect(port, &id("lamp"), lamps).await;
+    let (_, events) = b.server.get("/api/events?kind=mqtt_refused").await;
+    assert_eq!(
+        events.as_array().unwrap().len(),
+        1,
+        "rate-limited: {events}"
+    );
+    assert_eq!(
+        b.server.get("/api/stats").await.1["mqtt_refused_logins"],
+        21
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotation_and_revocation_disconnect_the_old_sessions() {
     let b = bench(MqttAuth::Devices).await;
