@@ -241,7 +241,20 @@ async fn acknowledged_sups_survive_kill_9() {
         .mqtt
         .expect("the embedded broker's address in the log")
         .port();
-    let mut lock = crate::common::Prop::connect(port, "sup-lock", &[]).await;
+    // Logins are on by default: the lock logs in with its own credential.
+    let (st, cred) = api(
+        p.http,
+        Method::POST,
+        "/api/devices/lock/b827eb0a1b2c/credentials",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(st, 201, "{cred}");
+    let login = Some((
+        cred["username"].as_str().unwrap().to_string(),
+        cred["password"].as_str().unwrap().to_string(),
+    ));
+    let mut lock = crate::common::Prop::connect_with(port, "sup-lock", &[], login).await;
     for i in 0..40 {
         lock.send(
             "ask/lock/b827eb0a1b2c/sup",
