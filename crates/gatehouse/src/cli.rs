@@ -10,6 +10,7 @@ use clap::parser::ValueSource;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use gatehouse_tools::{bench_acon, bench_skaben, simulate_acon, simulate_skaben};
 
+use crate::cidr::AllowList;
 use crate::core::{CoreConfig, UnknownPolicy};
 use crate::gateway::acon::AconLimits;
 use crate::gateway::mqtt::MqttSettings;
@@ -152,6 +153,12 @@ pub struct ServeArgs {
     )]
     pub acon_max_bad_frames: u32,
 
+    /// Networks ACon boards may connect from, comma-separated: `10.0.0.0/8,192.168.1.0/24`,
+    /// IPv6 too; a bare address is one host. Others are closed at accept. Default: anywhere.
+    #[arg(long, env = "GATEHOUSE_ACON_ALLOW", value_name = "NETWORKS",
+          value_parser = parse_allow)]
+    pub acon_allow: Option<AllowList>,
+
     /// Address of the embedded MQTT broker the SKABEN props connect to (port 0: any free port,
     /// logged at start). Not used with --mqtt-url.
     #[arg(
@@ -201,6 +208,12 @@ fn parse_secs(s: &str) -> Result<f64, String> {
     }
 }
 
+fn parse_allow(s: &str) -> Result<AllowList, String> {
+    AllowList::parse(s).map_err(|e| {
+        format!("entry {e}; give networks like 10.0.0.0/8,192.168.1.0/24 or single addresses")
+    })
+}
+
 fn secs(v: f64) -> Duration {
     Duration::from_secs_f64(v)
 }
@@ -231,6 +244,7 @@ impl ServeArgs {
                 idle_timeout: secs(self.acon_idle_timeout_secs),
                 frame_timeout: secs(self.acon_frame_timeout_secs),
                 max_bad_frames: self.acon_max_bad_frames,
+                allow: self.acon_allow.clone(),
             },
         }
     }

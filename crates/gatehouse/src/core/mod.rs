@@ -99,6 +99,8 @@ pub struct Stats {
     pub acon_messages: AtomicU64,
     pub acon_malformed: AtomicU64,
     pub acon_rejected: AtomicU64,
+    /// Connections closed at accept: the peer is outside `--acon-allow`.
+    pub acon_not_allowed: AtomicU64,
     pub store_failures: AtomicU64,
     pub skaben_packets: AtomicU64,
     pub skaben_malformed: AtomicU64,

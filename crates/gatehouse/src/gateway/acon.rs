@@ -5,11 +5,14 @@
 //! - A bad frame costs that frame only (an error event, no answer); the connection closes on
 //!   an oversized frame, too many bad frames in a row, an idle or slow peer, or shutdown.
 //! - At most `max_connections` connections; one more is accepted and closed at once.
+//! - A peer outside `--acon-allow` is closed at accept, before a byte is read; those closes
+//!   are counted, and logged at most once per [`REFUSED_LOG_EVERY`] with their number.
 //! - On shutdown, frames already received are answered before the connection closes.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use acon::{Decoder, DecoderError, Message};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -17,6 +20,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tracing::{debug, info, warn};
 
+use crate::cidr::AllowList;
 use crate::clock::now_ms;
 use crate::core::{AconOutcome, Hub};
 
@@ -35,6 +39,43 @@ pub struct AconLimits {
     pub frame_timeout: Duration,
     /// Close a connection after this many malformed frames in a row.
     pub max_bad_frames: u32,
+    /// The networks boards may connect from (`--acon-allow`); `None`: anywhere.
+    pub allow: Option<AllowList>,
+}
+
+/// Connections closed at accept for being outside `--acon-allow` are logged at most once per
+/// this time, with their number.
+pub const REFUSED_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Counts events and says when one log line is due: the first, then at most one per period.
+struct LogEvery {
+    period: Duration,
+    last: Option<Instant>,
+    since: u64,
+}
+
+impl LogEvery {
+    fn new(period: Duration) -> LogEvery {
+        LogEvery {
+            period,
+            last: None,
+            since: 0,
+        }
+    }
+
+    /// Counts one; `Some(n)` when a line is due, `n` counting this one and those not logged
+    /// since the last line.
+    fn hit(&mut self, now: Instant) -> Option<u64> {
+        self.since += 1;
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < self.period)
+        {
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.since))
+    }
 }
 
 /// Accepts connections until `shutdown` turns true, then waits for the open ones to finish
@@ -47,6 +88,7 @@ pub async fn serve(
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let limits = Arc::new(limits);
+    let mut not_allowed = LogEvery::new(REFUSED_LOG_EVERY);
     let mut backoff = Duration::from_millis(5);
     loop {
         let accepted = tokio::select! {
@@ -66,6 +108,17 @@ pub async fn serve(
                 continue;
             }
         };
+        let ip = peer.ip().to_canonical();
+        if let Some(allow) = &limits.allow
+            && !allow.permits(ip)
+        {
+            drop(stream);
+            hub.stats.acon_not_allowed.fetch_add(1, Ordering::Relaxed);
+            if let Some(n) = not_allowed.hit(Instant::now()) {
+                warn!(%peer, closed = n, "connections from outside --acon-allow closed at accept (this one and those since the last such line)");
+            }
+            continue;
+        }
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             warn!(%peer, max = limits.max_connections, "connection refused: too many connections");
             drop(stream);

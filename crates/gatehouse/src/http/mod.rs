@@ -228,6 +228,7 @@ async fn get_stats(State(s): State<AppState>) -> ApiResult {
         "acon_messages": n(&st.acon_messages),
         "acon_malformed": n(&st.acon_malformed),
         "acon_rejected": n(&st.acon_rejected),
+        "acon_not_allowed": n(&st.acon_not_allowed),
         "store_failures": n(&st.store_failures),
         "skaben_packets": n(&st.skaben_packets),
         "skaben_malformed": n(&st.skaben_malformed),
