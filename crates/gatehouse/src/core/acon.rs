@@ -14,13 +14,20 @@
 //!   previous one again (same ID, SEND and content): every copy is recorded, one is counted.
 //! - **Lock self-test**: an event per cell whose `ACT_CON` bit changed since the previous
 //!   message of the same matrix size.
+//!
+//! Guards (the protocol has no authentication; docs/acon.md, "Guards"), checked before a frame
+//! changes anything:
+//! - **Binding**: a connection holds a board from its first accepted frame until it closes.
+//!   Another connection's frame for that board is refused (`id_conflict`), unless it comes
+//!   from the same IP address on a newer connection: then the newer one takes the board over
+//!   and the older is closed (a board that rebooted). A connection that holds a board and
+//!   sends another board's ID is refused too.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 
 use acon::{Answer, Engaged, Message, StateCode};
 use serde::{Deserialize, Serialize};
-
-use std::collections::hash_map::Entry;
 
 use rand::RngExt as _;
 
@@ -268,6 +275,78 @@ impl BoardState {
     }
 }
 
+// ---- Connections and the guards ----
+
+/// The connection a board's frame came on, as the guards see it. The gateway owns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AconConn {
+    /// Unique per connection, growing in accept order (a newer connection has a larger id).
+    pub id: u64,
+    /// The peer's IP address (an IPv4-mapped IPv6 address as IPv4).
+    pub ip: IpAddr,
+    /// `ip:port`, as recorded with messages and events.
+    pub peer: String,
+    /// The board this connection holds: the ID of its first accepted frame.
+    pub holds: Option<String>,
+}
+
+/// The connection holding a board.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    pub conn: u64,
+    pub ip: IpAddr,
+    pub peer: String,
+}
+
+/// Why a well-formed frame got no answer; its connection is closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// An unknown board under `--unknown-devices reject`.
+    UnknownBoard,
+    /// Another connection, from another address, holds the board.
+    HeldElsewhere,
+    /// A newer connection from the same address took the board over.
+    Replaced,
+    /// The connection already holds another board.
+    SecondBoard,
+    /// The store refused the record.
+    NotRecorded,
+}
+
+impl Refusal {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refusal::UnknownBoard => "unknown board refused (policy reject)",
+            Refusal::HeldElsewhere => "board held by another connection",
+            Refusal::Replaced => "board taken over by a newer connection from the same address",
+            Refusal::SecondBoard => "connection already holds another board",
+            Refusal::NotRecorded => "message not recorded",
+        }
+    }
+}
+
+/// What [`State::acon_message`] decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Send the encoded answer; close `displaced` (an older connection from the same
+    /// address that held the board).
+    Answer {
+        answer: Vec<u8>,
+        displaced: Option<u64>,
+    },
+    Refused(Refusal),
+}
+
+/// How a frame's connection stands to its board.
+enum Claim {
+    /// It holds the board already.
+    Held,
+    /// Nobody holds the board: take it.
+    Free,
+    /// An older connection from the same address holds it: take it over.
+    TakeOver(Holder),
+}
+
 // ---- A board in the core's state: inbound messages and operator changes ----
 
 /// Raw bytes of a malformed frame or packet kept in its event.
@@ -311,6 +390,8 @@ pub struct BoardSnapshot {
     pub rows: Option<u16>,
     pub engaged_cells: usize,
     pub reported: ReportedSnapshot,
+    /// The peer of the connection that holds the board now.
+    pub held_by: Option<String>,
 }
 
 /// What the board last reported.
@@ -418,60 +499,78 @@ impl State {
         }
     }
 
-    /// A well-formed message from a board: registers it (or refuses it), marks it seen,
-    /// applies the rules, records the message with its answer. Returns the encoded answer,
-    /// or `None` when the board is refused.
+    /// A well-formed message from a board on `conn`: checks who holds the board, registers it
+    /// (or refuses it), marks it seen, applies the rules, records the message with its answer.
+    /// A refused frame changes nothing but the guard's own record (a rate-limited event).
     pub fn acon_message(
         &mut self,
         fx: &mut Effects,
         raw: &[u8],
         msg: &Message,
-        peer: &str,
-    ) -> Option<Vec<u8>> {
+        conn: &AconConn,
+    ) -> Verdict {
         fx.counts.acon_messages += 1;
         let now = fx.now;
         let key = board_key(&msg.id);
-        let dev = match self.devices.entry(key.clone()) {
-            Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(_) if self.cfg.unknown_devices == UnknownPolicy::Reject => {
-                fx.counts.acon_rejected += 1;
-                if let Some(since) = self.rejected_event_due(&key, now) {
-                    fx.device_event(
-                        &key,
-                        SERVER,
-                        Event::Rejected {
-                            reason: "unknown device, policy reject".into(),
-                            peer: Some(peer.to_string()),
-                            send: Some(msg.send),
-                            topic: None,
-                            refused_since_last_event: since,
-                        },
-                    );
-                }
-                return None;
+        let claim = match self.claim(fx, &key, msg, conn) {
+            Ok(c) => c,
+            Err(why) => return Verdict::Refused(why),
+        };
+        let fresh = !self.devices.contains_key(&key);
+        if fresh {
+            if let Err(why) = self.may_register(fx, &key, msg, conn) {
+                return Verdict::Refused(why);
             }
-            Entry::Vacant(e) => {
-                fx.device_event(
-                    &key,
-                    SERVER,
-                    Event::Registered(Registration::Board {
-                        peer: peer.to_string(),
-                    }),
-                );
-                e.insert(Device::new(
+            fx.device_event(
+                &key,
+                SERVER,
+                Event::Registered(Registration::Board {
+                    peer: conn.peer.clone(),
+                }),
+            );
+            self.devices.insert(
+                key.clone(),
+                Device::new(
                     "acon",
                     &msg.id,
                     now,
                     DeviceState::Board(BoardState::default()),
-                ))
+                ),
+            );
+        }
+        let mut displaced = None;
+        if !matches!(claim, Claim::Held) {
+            // Every check passed: take the board.
+            let holder = Holder {
+                conn: conn.id,
+                ip: conn.ip,
+                peer: conn.peer.clone(),
+            };
+            self.acon_holders.insert(key.clone(), holder);
+            if let Claim::TakeOver(old) = claim {
+                displaced = Some(old.conn);
+                if let Some(since) = self.rejected_event_due(&format!("{key}#replaced"), now) {
+                    fx.device_event(
+                        &key,
+                        SERVER,
+                        Event::ConnectionReplaced {
+                            peer: conn.peer.clone(),
+                            old_peer: old.peer,
+                            replaced_since_last_event: since,
+                        },
+                    );
+                }
             }
+        }
+        let Some(dev) = self.devices.get_mut(&key) else {
+            return Verdict::Refused(Refusal::NotRecorded);
         };
         fx.push_event(dev.seen(now, "message received", None));
         let DeviceState::Board(board) = &mut dev.state else {
             // `acon/<id>` is always a board: types named `acon` are refused.
-            return None;
+            return Verdict::Refused(Refusal::NotRecorded);
         };
-        for e in board.on_message(msg, peer, now) {
+        for e in board.on_message(msg, &conn.peer, now) {
             fx.device_event(&key, DEVICE, e);
         }
         let mut answer = Vec::with_capacity(128);
@@ -486,12 +585,100 @@ impl State {
             device: key,
             at: now,
             send: i64::try_from(msg.send).ok(),
-            peer: peer.to_string(),
+            peer: conn.peer.clone(),
             raw: String::from_utf8_lossy(raw).into_owned(),
             parsed: to_json(msg),
             answer: String::from_utf8_lossy(&answer).into_owned(),
         }));
-        Some(answer)
+        Verdict::Answer { answer, displaced }
+    }
+
+    /// The binding guard: whether `conn` holds the board `key`, may take it, or is refused.
+    /// Changes nothing but the guard's event.
+    fn claim(
+        &mut self,
+        fx: &mut Effects,
+        key: &str,
+        msg: &Message,
+        conn: &AconConn,
+    ) -> Result<Claim, Refusal> {
+        let holder = self.acon_holders.get(key);
+        let (why, holder_peer, holds) = match (conn.holds.as_deref(), holder) {
+            (Some(held), Some(h)) if held == msg.id => {
+                return if h.conn == conn.id {
+                    Ok(Claim::Held)
+                } else {
+                    Err(Refusal::Replaced)
+                };
+            }
+            // Held once, released since: only if a newer connection took it and closed.
+            (Some(held), None) if held == msg.id => return Err(Refusal::Replaced),
+            (Some(held), _) => (Refusal::SecondBoard, None, Some(board_key(held))),
+            (None, None) => return Ok(Claim::Free),
+            (None, Some(h)) if h.ip == conn.ip && h.conn < conn.id => {
+                return Ok(Claim::TakeOver(h.clone()));
+            }
+            (None, Some(h)) if h.ip == conn.ip => return Err(Refusal::Replaced),
+            (None, Some(h)) => (Refusal::HeldElsewhere, Some(h.peer.clone()), None),
+        };
+        fx.counts.acon_id_conflicts += 1;
+        if let Some(since) = self.rejected_event_due(&format!("{key}#id_conflict"), fx.now) {
+            fx.device_event(
+                key,
+                SERVER,
+                Event::IdConflict {
+                    reason: why.reason().into(),
+                    peer: conn.peer.clone(),
+                    holder_peer,
+                    holds,
+                    send: msg.send,
+                    refused_since_last_event: since,
+                },
+            );
+        }
+        Err(why)
+    }
+
+    /// The policy on new boards: `Ok` when the board `key` may be registered.
+    fn may_register(
+        &mut self,
+        fx: &mut Effects,
+        key: &str,
+        msg: &Message,
+        conn: &AconConn,
+    ) -> Result<(), Refusal> {
+        let now = fx.now;
+        if self.cfg.unknown_devices == UnknownPolicy::Reject {
+            fx.counts.acon_rejected += 1;
+            if let Some(since) = self.rejected_event_due(key, now) {
+                fx.device_event(
+                    key,
+                    SERVER,
+                    Event::Rejected {
+                        reason: "unknown device, policy reject".into(),
+                        peer: Some(conn.peer.clone()),
+                        send: Some(msg.send),
+                        topic: None,
+                        refused_since_last_event: since,
+                    },
+                );
+            }
+            return Err(Refusal::UnknownBoard);
+        }
+        Ok(())
+    }
+
+    /// A connection closed: the board it held is free.
+    pub(crate) fn acon_release(&mut self, conn: &AconConn) {
+        let Some(id) = &conn.holds else { return };
+        let key = board_key(id);
+        if self
+            .acon_holders
+            .get(&key)
+            .is_some_and(|h| h.conn == conn.id)
+        {
+            self.acon_holders.remove(&key);
+        }
     }
 
     /// A frame that is not a valid message: an error event (filed under the board whose `ID=`
@@ -513,7 +700,8 @@ impl State {
     }
 
     pub(crate) fn board_snapshot(&self, id: &str) -> Option<BoardSnapshot> {
-        let d = self.devices.get(&board_key(id))?;
+        let key = board_key(id);
+        let d = self.devices.get(&key)?;
         let b = d.board()?;
         Some(BoardSnapshot {
             device: d.view(),
@@ -529,6 +717,7 @@ impl State {
                 last_send: b.reported.message.as_ref().map(|m| m.send),
                 reboots: b.reported.reboots,
             },
+            held_by: self.acon_holders.get(&key).map(|h| h.peer.clone()),
         })
     }
 

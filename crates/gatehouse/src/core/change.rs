@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 
+use super::acon::Holder;
 use super::device::{Device, DeviceState};
 use super::event::{Event, RecordedEvent};
 use super::skaben::{DeviceType, TypeEntry};
@@ -30,6 +31,7 @@ pub struct Counts {
     pub acon_messages: u64,
     pub acon_malformed: u64,
     pub acon_rejected: u64,
+    pub acon_id_conflicts: u64,
     pub skaben_packets: u64,
     pub skaben_malformed: u64,
     pub skaben_rejected: u64,
@@ -113,9 +115,12 @@ pub struct State {
     pub(crate) devices: HashMap<String, Device>,
     /// SKABEN device types by name.
     pub(crate) types: HashMap<String, TypeEntry>,
-    /// Unknown devices refused lately: key → (time of the last `rejected` event, refusals
-    /// since).
+    /// Refusals lately, for events at most once a minute: key (an unknown device's key, or a
+    /// guard's key: `acon/<id>#<guard>`) → (time of the last event, refusals since).
     rejected: HashMap<String, (i64, u64)>,
+    /// Which connection holds each board (`acon/<id>`), from its first accepted frame until
+    /// it closes. Not stored: connections do not survive a restart.
+    pub(crate) acon_holders: HashMap<String, Holder>,
     /// Per type: when `<type>/all/cup` was last broadcast in answer to a request from `all`,
     /// and whether another request wants one.
     pub(crate) broadcasts: HashMap<String, (i64, bool)>,
@@ -130,6 +135,7 @@ impl State {
             devices: HashMap::new(),
             types: HashMap::new(),
             rejected: HashMap::new(),
+            acon_holders: HashMap::new(),
             broadcasts: HashMap::new(),
             next_task: u64::try_from(now).unwrap_or(1),
         }

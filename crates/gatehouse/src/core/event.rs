@@ -125,6 +125,32 @@ pub enum Event {
         expires_at: String,
     },
 
+    // ---- ACon boards: the connection guards (docs/acon.md, "Guards") ----
+    /// A frame was refused because of who holds its board: another connection, from another
+    /// address, holds it (`holder_peer`), or the frame's connection already holds another
+    /// board (`holds`). The frame is not recorded as the board's message and not answered; its
+    /// connection is closed. At most one event per board per minute, with the refusals since
+    /// the last one (every refusal is counted in `/api/stats`).
+    IdConflict {
+        reason: String,
+        /// The refused connection's peer.
+        peer: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        holder_peer: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        holds: Option<String>,
+        send: u64,
+        refused_since_last_event: u64,
+    },
+    /// A newer connection from the same IP address took a board over (a board that rebooted
+    /// and reconnected); the older connection was closed. At most one event per board per
+    /// minute, with the takeovers since the last one.
+    ConnectionReplaced {
+        peer: String,
+        old_peer: String,
+        replaced_since_last_event: u64,
+    },
+
     // ---- ACon boards: operator changes (each bumps the desired version) ----
     CellEngaged {
         cell: u32,

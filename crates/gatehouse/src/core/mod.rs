@@ -40,7 +40,8 @@ use thiserror::Error;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 pub use self::acon::{
-    BoardSnapshot, CellSnapshot, EngageRequest, EngagedSnapshot, RegisterRequest, ReportedSnapshot,
+    AconConn, BoardSnapshot, CellSnapshot, EngageRequest, EngagedSnapshot, Refusal,
+    RegisterRequest, ReportedSnapshot,
 };
 pub use self::change::{Counts, Effects, Publish, State};
 pub use self::device::{Device, DeviceState, DeviceSummary, DeviceView};
@@ -101,6 +102,9 @@ pub struct Stats {
     pub acon_rejected: AtomicU64,
     /// Connections closed at accept: the peer is outside `--acon-allow`.
     pub acon_not_allowed: AtomicU64,
+    /// Frames refused because another connection holds their board, or their connection
+    /// holds another board.
+    pub acon_id_conflicts: AtomicU64,
     pub store_failures: AtomicU64,
     pub skaben_packets: AtomicU64,
     pub skaben_malformed: AtomicU64,
@@ -115,6 +119,7 @@ impl Stats {
             (&self.acon_messages, c.acon_messages),
             (&self.acon_malformed, c.acon_malformed),
             (&self.acon_rejected, c.acon_rejected),
+            (&self.acon_id_conflicts, c.acon_id_conflicts),
             (&self.skaben_packets, c.skaben_packets),
             (&self.skaben_malformed, c.skaben_malformed),
             (&self.skaben_rejected, c.skaben_rejected),
@@ -182,11 +187,20 @@ pub enum Outcome {
 
 /// What became of an inbound ACon message.
 pub enum AconOutcome {
-    /// Send these bytes (the encoded answer) once the commit is durable.
-    Answer(Commit, Vec<u8>),
-    /// The board is unknown and the policy refuses it: no answer. The commit of its
-    /// `rejected` event, if one was written (at most one per board per minute).
-    Rejected(Option<Commit>),
+    /// Send `answer` (the encoded answer) once `commit` is durable. `displaced`: the older
+    /// connection (same address) this frame's connection took the board over from; close it.
+    Answer {
+        commit: Commit,
+        answer: Vec<u8>,
+        displaced: Option<u64>,
+    },
+    /// Refused (an unknown board under `--unknown-devices reject`, or a guard): no answer,
+    /// close the connection. The commit of the event, if one was written (they are
+    /// rate-limited).
+    Refused {
+        commit: Option<Commit>,
+        why: Refusal,
+    },
 }
 
 /// A committed unit's events on their way to subscribers, and the caller's commit.
@@ -388,13 +402,38 @@ impl Hub {
 
     // ---- inbound traffic ----
 
-    /// A well-formed message from a board: update, record, and decide the answer.
-    pub fn acon_message(&self, raw: &[u8], msg: &Message, peer: &str, now: i64) -> AconOutcome {
-        match self.change(now, |st, fx| Ok(st.acon_message(fx, raw, msg, peer))) {
-            Ok((Some(answer), Some(commit))) => AconOutcome::Answer(commit, answer),
-            Ok((_, commit)) => AconOutcome::Rejected(commit),
-            Err(_) => AconOutcome::Rejected(None),
+    /// A well-formed message from a board on connection `conn`: check who holds the board,
+    /// update, record, and decide the answer.
+    pub fn acon_message(
+        &self,
+        raw: &[u8],
+        msg: &Message,
+        conn: &AconConn,
+        now: i64,
+    ) -> AconOutcome {
+        match self.change(now, |st, fx| Ok(st.acon_message(fx, raw, msg, conn))) {
+            Ok((acon::Verdict::Answer { answer, displaced }, Some(commit))) => {
+                AconOutcome::Answer {
+                    commit,
+                    answer,
+                    displaced,
+                }
+            }
+            Ok((acon::Verdict::Refused(why), commit)) => AconOutcome::Refused { commit, why },
+            // An answer always records its message; no commit means nothing was recorded.
+            Ok((acon::Verdict::Answer { .. }, None)) | Err(_) => AconOutcome::Refused {
+                commit: None,
+                why: Refusal::NotRecorded,
+            },
         }
+    }
+
+    /// A board connection closed: the board it held is free for another connection.
+    pub fn acon_closed(&self, conn: &AconConn, now: i64) {
+        let _ = self.change(now, |st, _| {
+            st.acon_release(conn);
+            Ok(())
+        });
     }
 
     /// A frame that is not a valid message: an error event with the reason and the raw bytes.

@@ -43,12 +43,24 @@ fn cfg() -> CoreConfig {
     }
 }
 
+/// A connection of its own for board `id`, from 10.0.0.5.
+fn conn(id: u64) -> AconConn {
+    AconConn {
+        id,
+        ip: std::net::IpAddr::from([10, 0, 0, 5]),
+        peer: format!("10.0.0.5:{}", 4000 + id),
+        holds: None,
+    }
+}
+
 const T0: i64 = 1_716_400_000_000;
 
 struct Fixture {
     hub: Hub,
     store: Arc<dyn Store>,
     bus: Arc<Recorder>,
+    /// One connection per board, kept as the gateway keeps it.
+    conns: StdMutex<std::collections::HashMap<String, AconConn>>,
     _dir: tempfile::TempDir,
 }
 
@@ -65,6 +77,7 @@ async fn fixture_with(wrap: impl FnOnce(Arc<dyn Store>) -> Arc<dyn Store>) -> Fi
         hub,
         store,
         bus,
+        conns: StdMutex::default(),
         _dir: dir,
     }
 }
@@ -119,12 +132,22 @@ impl Fixture {
     async fn board_message(&self, text: &str, now: i64) {
         let raw = text.replace('\n', "\r\n");
         let msg = Message::parse(raw.as_bytes()).unwrap();
-        match self
-            .hub
-            .acon_message(raw.as_bytes(), &msg, "10.0.0.5:4000", now)
-        {
-            AconOutcome::Answer(c, _) => c.wait().await.unwrap(),
-            AconOutcome::Rejected(_) => panic!("refused"),
+        let c = {
+            let mut conns = self.conns.lock().unwrap();
+            let n = conns.len() as u64 + 1;
+            conns
+                .entry(msg.id.clone())
+                .or_insert_with(|| conn(n))
+                .clone()
+        };
+        match self.hub.acon_message(raw.as_bytes(), &msg, &c, now) {
+            AconOutcome::Answer { commit, .. } => {
+                if let Some(c) = self.conns.lock().unwrap().get_mut(&msg.id) {
+                    c.holds = Some(msg.id.clone());
+                }
+                commit.wait().await.unwrap()
+            }
+            AconOutcome::Refused { why, .. } => panic!("refused: {why:?}"),
         }
     }
 
@@ -375,7 +398,8 @@ async fn events_reach_subscribers_only_after_their_unit_is_committed() {
     open.send(false).unwrap();
     let raw = BOARD.replace('\n', "\r\n");
     let msg = Message::parse(raw.as_bytes()).unwrap();
-    let AconOutcome::Answer(commit, _) = f.hub.acon_message(raw.as_bytes(), &msg, "p", T0) else {
+    let AconOutcome::Answer { commit, .. } = f.hub.acon_message(raw.as_bytes(), &msg, &conn(1), T0)
+    else {
         panic!("refused")
     };
     let mut commit = Box::pin(commit.wait());
@@ -413,9 +437,12 @@ async fn a_lagging_subscriber_is_told_and_slows_nothing() {
     for i in 0..(SUBSCRIBER_BUFFER / 2 + 100) {
         let text = format!("ACon_V1.0\r\nID={i}\r\nSEND=1\r\nCLOSE\r\n");
         let msg = Message::parse(text.as_bytes()).unwrap();
-        match f.hub.acon_message(text.as_bytes(), &msg, "p", T0) {
-            AconOutcome::Answer(c, _) => last = Some(c),
-            AconOutcome::Rejected(_) => panic!("refused"),
+        match f
+            .hub
+            .acon_message(text.as_bytes(), &msg, &conn(i as u64 + 1), T0)
+        {
+            AconOutcome::Answer { commit, .. } => last = Some(commit),
+            AconOutcome::Refused { why, .. } => panic!("refused: {why:?}"),
         }
     }
     last.unwrap().wait().await.unwrap();

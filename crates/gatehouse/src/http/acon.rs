@@ -48,6 +48,9 @@ fn board_json(b: &BoardSnapshot) -> Value {
                 "last_send": b.reported.last_send,
                 "reboots": b.reported.reboots,
             },
+            "peers": {
+                "connected": b.held_by,
+            },
         }),
     )
 }

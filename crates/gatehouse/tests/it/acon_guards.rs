@@ -1,12 +1,13 @@
-//! The guards of a protocol without authentication, starting with `--acon-allow`.
-//! Real server, real sockets: boards at several addresses are client sockets bound to
-//! 127.0.0.x before connecting.
+//! The guards of a protocol without authentication: `--acon-allow` and the board ↔
+//! connection binding. Real server, real sockets: boards at several addresses are client
+//! sockets bound to 127.0.0.x before connecting.
 
 use std::process::Command;
 use std::time::Duration;
 
 use gatehouse::cidr::AllowList;
-use serde_json::json;
+use reqwest::Method;
+use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 
 use crate::common::{Board, Server, msg};
@@ -24,6 +25,33 @@ async fn stat(s: &Server, name: &str) -> u64 {
     v[name]
         .as_u64()
         .unwrap_or_else(|| panic!("no {name} in {v}"))
+}
+
+/// Events, oldest first, of a device (`None`: of every device) and kind.
+async fn events(s: &Server, device: Option<&str>, kind: &str) -> Vec<Value> {
+    let mut path = format!("/api/events?kind={kind}&limit=10000");
+    if let Some(d) = device {
+        path.push_str(&format!("&device={d}"));
+    }
+    let (st, v) = s.get(&path).await;
+    assert_eq!(st, 200, "{v}");
+    let mut all = v.as_array().cloned().unwrap_or_default();
+    all.reverse();
+    all
+}
+
+/// Polls `GET path` until `pred` holds (5 s at most).
+async fn until(s: &Server, path: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let mut last = Value::Null;
+    for _ in 0..250 {
+        let (st, v) = s.get(path).await;
+        if st == 200 && pred(&v) {
+            return v;
+        }
+        last = v;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("GET {path} never matched; last: {last:#}");
 }
 
 /// Sends `bytes` and expects no answer and the connection closed.
@@ -206,4 +234,140 @@ fn a_listener_on_every_interface_without_acon_allow_warns_at_start() {
     drop(p);
     let p = spawn(&args("127.0.0.1:0"), &[]);
     assert!(!warned(&p), "{:#?}", p.stderr);
+}
+
+// ---- the binding of a board to its connection ----
+
+/// The attack: a stranger with the board's ID on a second connection. It gets no codes, and
+/// its ten forged openings count nothing.
+#[tokio::test]
+async fn a_second_connection_with_a_held_id_is_refused_and_its_forged_openings_do_not_count() {
+    let s = Server::start().await;
+    let addr = s.running().acon_addr;
+    let mut board = Board::connect_from(addr, "127.0.0.1").await;
+    board.exchange(&msg("1953", 1, "BOX_ACC=0\n")).await;
+    let (st, e) = s
+        .send(
+            Method::PUT,
+            "/api/devices/acon/1953/cells/3",
+            Some(json!({"minutes": 60, "code": "1492", "single_use": true})),
+        )
+        .await;
+    assert_eq!(st, 200, "{e}");
+    let a = board.exchange(&msg("1953", 2, "BOX_ACC=0\n")).await;
+    assert_eq!(a.cells.len(), 1, "the board has its code");
+
+    // Ten forged frames reporting the cell opened, on one connection from another address.
+    let mut forger = Board::connect_from(addr, "127.0.0.2").await;
+    let forged: String = (0..10)
+        .map(|i| {
+            msg(
+                "1953",
+                100 + i,
+                if i % 2 == 0 {
+                    "BOX_ACC=3\n"
+                } else {
+                    "BOX_ACC=0\n"
+                },
+            )
+        })
+        .collect();
+    refused(&mut forger, &forged).await;
+    // And nine more strangers, one frame each.
+    for i in 0..9 {
+        let mut f = Board::connect_from(addr, "127.0.0.3").await;
+        refused(&mut f, &msg("1953", 200 + i, "BOX_ACC=3\n")).await;
+    }
+
+    let kinds = s.event_kinds("acon/1953").await;
+    assert!(!kinds.iter().any(|k| k == "cell_opened"), "{kinds:?}");
+    assert!(!kinds.iter().any(|k| k == "assignment_ended"), "{kinds:?}");
+    let conflicts = events(&s, Some("acon/1953"), "id_conflict").await;
+    assert_eq!(conflicts.len(), 1, "rate-limited: {conflicts:#?}");
+    let d = &conflicts[0]["data"];
+    assert!(d["peer"].as_str().unwrap().starts_with("127.0.0.2:"), "{d}");
+    assert!(
+        d["holder_peer"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{d}"
+    );
+    assert_eq!(d["send"], 100);
+    assert_eq!(stat(&s, "acon_id_conflicts").await, 10);
+    let (_, m) = s.get("/api/devices/acon/1953/messages?limit=100").await;
+    assert_eq!(
+        m.as_array().unwrap().len(),
+        2,
+        "forged frames are not its messages"
+    );
+    let (_, cells) = s.get("/api/devices/acon/1953/cells").await;
+    assert_eq!(cells[2]["engaged"]["code"], "1492", "still engaged");
+    assert_eq!(cells[2]["last_opened"], Value::Null);
+    let (_, page) = s.get("/api/devices/acon/1953").await;
+    assert!(
+        page["peers"]["connected"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:"),
+        "{page}"
+    );
+
+    // The board itself is still answered, with its code, and its own opening counts.
+    let a = board.exchange(&msg("1953", 3, "BOX_ACC=0\n")).await;
+    assert_eq!((a.cells[0].cell, a.cells[0].code.as_str()), (3, "1492"));
+    let a = board.exchange(&msg("1953", 4, "BOX_ACC=3\n")).await;
+    assert!(a.cells.is_empty(), "the single-use assignment ended");
+    let kinds = s.event_kinds("acon/1953").await;
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "cell_opened").count(),
+        1,
+        "{kinds:?}"
+    );
+
+    // Once the board's connection closes, the ID is free for the next one.
+    drop(board);
+    until(&s, "/api/devices/acon/1953", |p| {
+        p["peers"]["connected"].is_null()
+    })
+    .await;
+    let mut moved = Board::connect_from(addr, "127.0.0.2").await;
+    moved.exchange(&msg("1953", 5, "")).await;
+}
+
+#[tokio::test]
+async fn a_connection_that_holds_a_board_cannot_speak_for_another() {
+    let s = Server::start().await;
+    let mut b = s.board().await;
+    b.exchange(&msg("1", 1, "")).await;
+    refused(&mut b, &msg("2", 1, "BOX_ACC=1\n")).await;
+    let (st, _) = s.get("/api/devices/acon/2").await;
+    assert_eq!(st, 404, "the second ID is not registered");
+    let conflicts = events(&s, Some("acon/2"), "id_conflict").await;
+    assert_eq!(conflicts.len(), 1);
+    assert_eq!(conflicts[0]["data"]["holds"], "acon/1");
+    assert_eq!(stat(&s, "acon_id_conflicts").await, 1);
+    // Closing the connection freed board 1.
+    until(&s, "/api/devices/acon/1", |p| {
+        p["peers"]["connected"].is_null()
+    })
+    .await;
+}
+
+/// A board that rebooted reconnects from the same address while its old connection is still
+/// open: the newer connection takes over, the older is closed.
+#[tokio::test]
+async fn a_board_reconnecting_from_the_same_address_takes_over_and_the_old_connection_closes() {
+    let s = Server::start().await;
+    let addr = s.running().acon_addr;
+    let mut old = Board::connect_from(addr, "127.0.0.1").await;
+    old.exchange(&msg("5", 1, "")).await;
+    let mut new = Board::connect_from(addr, "127.0.0.1").await;
+    new.exchange(&msg("5", 1, "")).await;
+    assert!(old.closed(WAIT).await, "the older connection is closed");
+    let new_peer = new.stream.local_addr().unwrap().to_string();
+    let replaced = events(&s, Some("acon/5"), "connection_replaced").await;
+    assert_eq!(replaced.len(), 1);
+    assert_eq!(replaced[0]["data"]["peer"], new_peer);
+    assert_eq!(stat(&s, "acon_id_conflicts").await, 0);
+    new.exchange(&msg("5", 2, "")).await;
+    let (_, page) = s.get("/api/devices/acon/5").await;
+    assert_eq!(page["peers"]["connected"], new_peer);
 }
