@@ -159,6 +159,13 @@ pub struct ServeArgs {
           value_parser = parse_allow)]
     pub acon_allow: Option<AllowList>,
 
+    /// Refuse a known board's frames from a network (/24, /64) it has not used until an
+    /// operator accepts it (POST /api/devices/acon/{id}/peers).
+    #[arg(long, env = "GATEHOUSE_ACON_PIN_PEERS", num_args = 0..=1, default_value = "false",
+          default_missing_value = "true", value_name = "BOOL",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub acon_pin_peers: bool,
+
     /// Address of the embedded MQTT broker the SKABEN props connect to (port 0: any free port,
     /// logged at start). Not used with --mqtt-url.
     #[arg(
@@ -231,6 +238,7 @@ impl ServeArgs {
                 code_length: usize::from(self.code_length),
                 ping_interval_ms: (self.ping_interval_secs * 1000.0) as i64,
                 skaben_keepalive_ms: (self.skaben_keepalive_secs * 1000.0) as i64,
+                acon_pin_peers: self.acon_pin_peers,
             },
             mqtt: match &self.mqtt_url {
                 Some(url) => MqttSettings::External { url: url.clone() },

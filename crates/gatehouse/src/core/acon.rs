@@ -22,6 +22,9 @@
 //!   from the same IP address on a newer connection: then the newer one takes the board over
 //!   and the older is closed (a board that rebooted). A connection that holds a board and
 //!   sends another board's ID is refused too.
+//! - **Networks**: each board keeps the last [`KNOWN_NETWORKS`] networks (the /24 or /64 of
+//!   its peer) it was seen from; a new one is an event, and with `--acon-pin-peers` a refusal
+//!   until an operator accepts it (the first network of a board is trusted).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -35,6 +38,7 @@ use super::change::{Effects, State};
 use super::device::{Device, DeviceState, DeviceView, key, to_json};
 use super::event::{DEVICE, Event, Registration, SERVER, VersionChange};
 use super::{CoreError, Outcome, UnknownPolicy, invalid};
+use crate::cidr::Net;
 use crate::store::{MessageRecord, Write};
 
 /// One engaged cell: its code, when it stops working, and whether the first opening ends it.
@@ -91,6 +95,42 @@ pub struct Reported {
     /// Matrix size given by an operator before the board reported one.
     #[serde(default)]
     pub provisioned_size: Option<(u16, u16)>,
+    /// The networks the board may connect from: those it was seen from (the /24 or /64 of
+    /// its peer) and those an operator accepted; least recently used first, at most
+    /// [`KNOWN_NETWORKS`].
+    #[serde(default)]
+    pub networks: Vec<Net>,
+    /// The network last refused under `--acon-pin-peers`, for an operator to accept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_network: Option<PendingNetwork>,
+}
+
+/// Networks kept per board.
+pub const KNOWN_NETWORKS: usize = 8;
+
+/// A network a board's frame was refused from, waiting for an operator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingNetwork {
+    pub network: Net,
+    pub peer: String,
+    /// Unix ms of the refusal.
+    pub at: i64,
+}
+
+impl Reported {
+    /// Makes `net` the most recently used known network, dropping the least recently used
+    /// one past [`KNOWN_NETWORKS`]. Returns whether the list changed.
+    fn use_network(&mut self, net: Net) -> bool {
+        if self.networks.last() == Some(&net) {
+            return false;
+        }
+        self.networks.retain(|n| *n != net);
+        self.networks.push(net);
+        if self.networks.len() > KNOWN_NETWORKS {
+            self.networks.remove(0);
+        }
+        true
+    }
 }
 
 fn list(l: &Option<Vec<u32>>) -> &[u32] {
@@ -309,6 +349,8 @@ pub enum Refusal {
     Replaced,
     /// The connection already holds another board.
     SecondBoard,
+    /// `--acon-pin-peers`: a network the board has not used.
+    NewNetwork,
     /// The store refused the record.
     NotRecorded,
 }
@@ -320,6 +362,7 @@ impl Refusal {
             Refusal::HeldElsewhere => "board held by another connection",
             Refusal::Replaced => "board taken over by a newer connection from the same address",
             Refusal::SecondBoard => "connection already holds another board",
+            Refusal::NewNetwork => "board seen from a network it has not used (pinned peers)",
             Refusal::NotRecorded => "message not recorded",
         }
     }
@@ -345,6 +388,14 @@ enum Claim {
     Free,
     /// An older connection from the same address holds it: take it over.
     TakeOver(Holder),
+}
+
+/// Which network an operator accepts for a board.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NetworkChoice {
+    Network(Net),
+    /// The board's pending network (the last refused).
+    Pending,
 }
 
 // ---- A board in the core's state: inbound messages and operator changes ----
@@ -390,6 +441,9 @@ pub struct BoardSnapshot {
     pub rows: Option<u16>,
     pub engaged_cells: usize,
     pub reported: ReportedSnapshot,
+    /// The networks the board may connect from, least recently used first.
+    pub networks: Vec<Net>,
+    pub pending_network: Option<PendingNetwork>,
     /// The peer of the connection that holds the board now.
     pub held_by: Option<String>,
 }
@@ -499,9 +553,10 @@ impl State {
         }
     }
 
-    /// A well-formed message from a board on `conn`: checks who holds the board, registers it
-    /// (or refuses it), marks it seen, applies the rules, records the message with its answer.
-    /// A refused frame changes nothing but the guard's own record (a rate-limited event).
+    /// A well-formed message from a board on `conn`: checks the guards (who holds the board,
+    /// the network), registers the board (or refuses it), marks it seen, applies the rules,
+    /// records the message with its answer. A refused frame changes nothing but the guard's
+    /// own record (a rate-limited event, a pending network).
     pub fn acon_message(
         &mut self,
         fx: &mut Effects,
@@ -528,18 +583,22 @@ impl State {
                     peer: conn.peer.clone(),
                 }),
             );
+            let mut board = BoardState::default();
+            board.reported.networks.push(Net::of(conn.ip));
             self.devices.insert(
                 key.clone(),
-                Device::new(
-                    "acon",
-                    &msg.id,
-                    now,
-                    DeviceState::Board(BoardState::default()),
-                ),
+                Device::new("acon", &msg.id, now, DeviceState::Board(board)),
             );
         }
+        let mut row = false;
         let mut displaced = None;
         if !matches!(claim, Claim::Held) {
+            if !fresh {
+                match self.check_network(fx, &key, msg, conn) {
+                    Ok(changed) => row = changed,
+                    Err(why) => return Verdict::Refused(why),
+                }
+            }
             // Every check passed: take the board.
             let holder = Holder {
                 conn: conn.id,
@@ -575,10 +634,11 @@ impl State {
         }
         let mut answer = Vec::with_capacity(128);
         board.answer(msg, now).encode(&mut answer);
-        // Every change to the device row comes with an event (see `on_message`); a message
-        // that changes nothing else is recorded by its message row alone, which also carries
-        // the latest message and last-seen time the row leaves out.
-        if !fx.events.is_empty() {
+        // Every change to the device row comes with an event (see `on_message`), or is the
+        // order of its known networks (at most once per connection); a message that changes
+        // nothing else is recorded by its message row alone, which also carries the latest
+        // message and last-seen time the row leaves out.
+        if row || !fx.events.is_empty() {
             fx.device_row(dev, None);
         }
         fx.writes.push(Write::Message(MessageRecord {
@@ -668,6 +728,74 @@ impl State {
         Ok(())
     }
 
+    /// The network guard, on a connection's first frame for a known board: a known network
+    /// becomes the most recent (`Ok(true)` if the order changed); a new one is learned with
+    /// an event, or, with `--acon-pin-peers`, refused and kept as the board's pending network.
+    /// A board with no known network yet (registered by an operator, or from before the
+    /// guards) learns its first one whatever the setting.
+    fn check_network(
+        &mut self,
+        fx: &mut Effects,
+        key: &str,
+        msg: &Message,
+        conn: &AconConn,
+    ) -> Result<bool, Refusal> {
+        let now = fx.now;
+        let pin = self.cfg.acon_pin_peers;
+        let Some(board) = self.devices.get(key).and_then(Device::board) else {
+            return Ok(false);
+        };
+        let known = &board.reported.networks;
+        if let Some(n) = known.iter().rev().find(|n| n.contains(conn.ip)).copied() {
+            let Some(DeviceState::Board(b)) = self.devices.get_mut(key).map(|d| &mut d.state)
+            else {
+                return Ok(false);
+            };
+            return Ok(b.reported.use_network(n));
+        }
+        let net = Net::of(conn.ip);
+        if pin && !known.is_empty() {
+            fx.counts.acon_peer_refused += 1;
+            let due = self.rejected_event_due(&format!("{key}#network"), now);
+            if let (Some(since), Some(dev)) = (due, self.devices.get_mut(key))
+                && let DeviceState::Board(b) = &mut dev.state
+            {
+                b.reported.pending_network = Some(PendingNetwork {
+                    network: net,
+                    peer: conn.peer.clone(),
+                    at: now,
+                });
+                fx.device_event(
+                    key,
+                    SERVER,
+                    Event::PeerNetworkRefused {
+                        network: net,
+                        peer: conn.peer.clone(),
+                        send: msg.send,
+                        refused_since_last_event: since,
+                    },
+                );
+                fx.device_row(dev, None);
+            }
+            return Err(Refusal::NewNetwork);
+        }
+        let Some(DeviceState::Board(b)) = self.devices.get_mut(key).map(|d| &mut d.state) else {
+            return Ok(false);
+        };
+        let before = b.reported.networks.clone();
+        b.reported.use_network(net);
+        fx.device_event(
+            key,
+            SERVER,
+            Event::NewPeerNetwork {
+                network: net,
+                peer: conn.peer.clone(),
+                known: before,
+            },
+        );
+        Ok(true)
+    }
+
     /// A connection closed: the board it held is free.
     pub(crate) fn acon_release(&mut self, conn: &AconConn) {
         let Some(id) = &conn.holds else { return };
@@ -679,6 +807,44 @@ impl State {
         {
             self.acon_holders.remove(&key);
         }
+    }
+
+    /// An operator accepts a network for a board: a given one, or the board's pending one.
+    pub(crate) fn accept_network(
+        &mut self,
+        fx: &mut Effects,
+        id: &str,
+        choice: NetworkChoice,
+        actor: &str,
+    ) -> Result<Outcome, CoreError> {
+        let (dev, key) = self.board_mut(id)?;
+        let DeviceState::Board(board) = &mut dev.state else {
+            return Err(not_found(id));
+        };
+        let pending = board.reported.pending_network.as_ref().map(|p| p.network);
+        let network = match choice {
+            NetworkChoice::Network(n) => n,
+            NetworkChoice::Pending => pending.ok_or_else(|| {
+                CoreError::Conflict(format!(
+                    "board {id} has no refused network waiting to be accepted; give one: {{\"network\": \"10.1.2.0/24\"}}"
+                ))
+            })?,
+        };
+        board.reported.use_network(network);
+        let pending_cleared = pending.is_some_and(|p| network.covers(&p));
+        if pending_cleared {
+            board.reported.pending_network = None;
+        }
+        fx.device_event(
+            &key,
+            actor,
+            Event::PeerNetworkAccepted {
+                network,
+                pending_cleared,
+            },
+        );
+        fx.device_row(dev, None);
+        self.board_outcome(id)
     }
 
     /// A frame that is not a valid message: an error event (filed under the board whose `ID=`
@@ -717,6 +883,8 @@ impl State {
                 last_send: b.reported.message.as_ref().map(|m| m.send),
                 reboots: b.reported.reboots,
             },
+            networks: b.reported.networks.clone(),
+            pending_network: b.reported.pending_network.clone(),
             held_by: self.acon_holders.get(&key).map(|h| h.peer.clone()),
         })
     }
@@ -1170,6 +1338,29 @@ mod tests {
             kinds(&b.on_message(&msg(4, "STATE=0\nACT_CON=11,11\n"), "p", 0)),
             ["lock_connected"]
         );
+    }
+
+    #[test]
+    fn known_networks_are_kept_least_recently_used_first_and_bounded() {
+        let net = |i: u8| Net::of(IpAddr::from([10, 0, i, 1]));
+        let mut r = Reported::default();
+        for i in 0..10 {
+            assert!(r.use_network(net(i)));
+        }
+        let want: Vec<Net> = (2..10).map(net).collect();
+        assert_eq!(r.networks, want, "the two least recently used are gone");
+        assert!(!r.use_network(net(9)), "already the most recent");
+        assert!(r.use_network(net(2)));
+        assert_eq!(r.networks.first(), Some(&net(3)));
+        assert_eq!(r.networks.last(), Some(&net(2)));
+        assert_eq!(r.networks.len(), KNOWN_NETWORKS);
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["networks"][0], "10.0.3.0/24");
+        assert!(json.get("pending_network").is_none());
+        let back: Reported = serde_json::from_value(json).unwrap();
+        assert_eq!(back.networks, r.networks);
+        let old: Reported = serde_json::from_str(r#"{"reboots": 2}"#).unwrap();
+        assert!(old.networks.is_empty(), "rows from before the guards load");
     }
 
     #[test]

@@ -13,6 +13,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::skaben::DeviceType;
+use crate::cidr::Net;
 use crate::store::EventRecord;
 
 /// Who caused an event that no operator asked for.
@@ -149,6 +150,29 @@ pub enum Event {
         peer: String,
         old_peer: String,
         replaced_since_last_event: u64,
+    },
+    /// A known board was seen from a network (its /24 or /64) it had not used; the network
+    /// was added to its known networks (`known`: the ones before).
+    NewPeerNetwork {
+        network: Net,
+        peer: String,
+        known: Vec<Net>,
+    },
+    /// `--acon-pin-peers`: a known board's frame came from a network it has not used. Not
+    /// recorded as its message, not answered, the connection closed; the network is kept as
+    /// the board's pending network for an operator to accept. At most one event per board per
+    /// minute, with the refusals since the last one.
+    PeerNetworkRefused {
+        network: Net,
+        peer: String,
+        send: u64,
+        refused_since_last_event: u64,
+    },
+    /// An operator accepted a network for a board (`pending_cleared`: it covered the board's
+    /// pending network).
+    PeerNetworkAccepted {
+        network: Net,
+        pending_cleared: bool,
     },
 
     // ---- ACon boards: operator changes (each bumps the desired version) ----

@@ -40,8 +40,8 @@ use thiserror::Error;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 pub use self::acon::{
-    AconConn, BoardSnapshot, CellSnapshot, EngageRequest, EngagedSnapshot, Refusal,
-    RegisterRequest, ReportedSnapshot,
+    AconConn, BoardSnapshot, CellSnapshot, EngageRequest, EngagedSnapshot, NetworkChoice,
+    PendingNetwork, Refusal, RegisterRequest, ReportedSnapshot,
 };
 pub use self::change::{Counts, Effects, Publish, State};
 pub use self::device::{Device, DeviceState, DeviceSummary, DeviceView};
@@ -72,6 +72,9 @@ pub struct CoreConfig {
     pub ping_interval_ms: i64,
     /// A SKABEN device is offline once silent this long, unless its type says otherwise (ms).
     pub skaben_keepalive_ms: i64,
+    /// Refuse a known board's frames from a network it has not used until an operator
+    /// accepts the network (`--acon-pin-peers`).
+    pub acon_pin_peers: bool,
 }
 
 /// Errors of changes, each mapped to an HTTP status by `http`.
@@ -105,6 +108,8 @@ pub struct Stats {
     /// Frames refused because another connection holds their board, or their connection
     /// holds another board.
     pub acon_id_conflicts: AtomicU64,
+    /// Frames refused under `--acon-pin-peers` (a network the board has not used).
+    pub acon_peer_refused: AtomicU64,
     pub store_failures: AtomicU64,
     pub skaben_packets: AtomicU64,
     pub skaben_malformed: AtomicU64,
@@ -120,6 +125,7 @@ impl Stats {
             (&self.acon_malformed, c.acon_malformed),
             (&self.acon_rejected, c.acon_rejected),
             (&self.acon_id_conflicts, c.acon_id_conflicts),
+            (&self.acon_peer_refused, c.acon_peer_refused),
             (&self.skaben_packets, c.skaben_packets),
             (&self.skaben_malformed, c.skaben_malformed),
             (&self.skaben_rejected, c.skaben_rejected),
@@ -149,6 +155,9 @@ pub enum Command {
     Reset { id: String },
     /// Block or unblock a board's keypad.
     Block { id: String, blocked: bool },
+    /// Add a network to the ones a board may connect from (`--acon-pin-peers`), or accept the
+    /// one last refused.
+    AcceptNetwork { id: String, network: NetworkChoice },
     /// Register a prop, or change its name, notes or profile.
     RegisterProp {
         ty: String,

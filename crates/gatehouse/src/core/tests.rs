@@ -40,6 +40,7 @@ fn cfg() -> CoreConfig {
         code_length: 4,
         ping_interval_ms: 10_000,
         skaben_keepalive_ms: 60_000,
+        acon_pin_peers: false,
     }
 }
 

@@ -230,6 +230,7 @@ async fn get_stats(State(s): State<AppState>) -> ApiResult {
         "acon_rejected": n(&st.acon_rejected),
         "acon_not_allowed": n(&st.acon_not_allowed),
         "acon_id_conflicts": n(&st.acon_id_conflicts),
+        "acon_peer_refused": n(&st.acon_peer_refused),
         "store_failures": n(&st.store_failures),
         "skaben_packets": n(&st.skaben_packets),
         "skaben_malformed": n(&st.skaben_malformed),

@@ -1,22 +1,35 @@
-//! The guards of a protocol without authentication: `--acon-allow` and the board ↔
-//! connection binding. Real server, real sockets: boards at several addresses are client
-//! sockets bound to 127.0.0.x before connecting.
-
+//! The guards of a protocol without authentication: `--acon-allow`, the board ↔ connection
+//! binding, and the networks a board uses (and `--acon-pin-peers`). Real server, real
+//! sockets: the boards at several addresses are client sockets bound to 127.0.0.x /
+//! 127.0.y.z before connecting.
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use gatehouse::cidr::AllowList;
+use gatehouse::server::{Settings, start};
 use reqwest::Method;
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 
-use crate::common::{Board, Server, msg};
+use crate::common::{Board, Server, msg, settings};
 use crate::durability::spawn;
 
 const WAIT: Duration = Duration::from_secs(5);
 
 fn allow(list: &str) -> Option<AllowList> {
     Some(AllowList::parse(list).unwrap())
+}
+
+/// A server on the data directory `dir` (for a restart on the same data).
+async fn serve_in(dir: &Path, f: impl FnOnce(&mut Settings)) -> Server {
+    let mut s = settings(dir);
+    f(&mut s);
+    Server {
+        running: Some(start(s).await.unwrap()),
+        _dir: tempfile::tempdir().unwrap(),
+        http: reqwest::Client::new(),
+    }
 }
 
 async fn stat(s: &Server, name: &str) -> u64 {
@@ -186,13 +199,18 @@ fn a_bad_network_stops_start_up_naming_the_setting_and_the_entry() {
         err.contains("--acon-allow") && err.contains("192.168.300.0/24"),
         "{err}"
     );
-    // The setting is listed with its variable.
+    // The guards are settings like the rest.
     let out = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
         .args(["serve", "--help"])
         .output()
         .unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
-    for s in ["--acon-allow", "GATEHOUSE_ACON_ALLOW"] {
+    for s in [
+        "--acon-allow",
+        "GATEHOUSE_ACON_ALLOW",
+        "--acon-pin-peers",
+        "GATEHOUSE_ACON_PIN_PEERS",
+    ] {
         assert!(help.contains(s), "{s} in --help:\n{help}");
     }
 }
@@ -370,4 +388,198 @@ async fn a_board_reconnecting_from_the_same_address_takes_over_and_the_old_conne
     new.exchange(&msg("5", 2, "")).await;
     let (_, page) = s.get("/api/devices/acon/5").await;
     assert_eq!(page["peers"]["connected"], new_peer);
+}
+
+// ---- the networks a board uses, and --acon-pin-peers ----
+
+#[tokio::test]
+async fn a_new_network_is_an_event_remembered_across_a_restart_and_pinned_until_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = serve_in(dir.path(), |_| {}).await;
+    let addr = s.running().acon_addr;
+    let mut b = Board::connect_from(addr, "127.0.0.1").await;
+    b.exchange(&msg("9", 1, "")).await;
+    let kinds = s.event_kinds("acon/9").await;
+    assert_eq!(
+        kinds,
+        ["registered", "online"],
+        "the first network is no news"
+    );
+    drop(b);
+    until(&s, "/api/devices/acon/9", |p| {
+        p["peers"]["connected"].is_null()
+    })
+    .await;
+    // The same /24 is no news either; another /24 is.
+    Board::connect_from(addr, "127.0.0.7")
+        .await
+        .exchange(&msg("9", 2, ""))
+        .await;
+    until(&s, "/api/devices/acon/9", |p| {
+        p["peers"]["connected"].is_null()
+    })
+    .await;
+    assert!(
+        events(&s, Some("acon/9"), "new_peer_network")
+            .await
+            .is_empty()
+    );
+    let mut b = Board::connect_from(addr, "127.0.1.1").await;
+    b.exchange(&msg("9", 3, "")).await;
+    let news = events(&s, Some("acon/9"), "new_peer_network").await;
+    assert_eq!(news.len(), 1, "{news:#?}");
+    assert_eq!(news[0]["data"]["network"], "127.0.1.0/24");
+    assert_eq!(news[0]["data"]["known"], json!(["127.0.0.0/24"]));
+    assert!(
+        news[0]["data"]["peer"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.1.1:")
+    );
+    drop(b);
+
+    // A restart keeps the networks; now pinned.
+    s.running.unwrap().shutdown().await.unwrap();
+    let s = serve_in(dir.path(), |s| s.core.acon_pin_peers = true).await;
+    let addr = s.running().acon_addr;
+    let (_, page) = s.get("/api/devices/acon/9").await;
+    assert_eq!(
+        page["peers"]["networks"],
+        json!(["127.0.0.0/24", "127.0.1.0/24"]),
+        "{page}"
+    );
+    assert_eq!(page["peers"]["pending"], Value::Null);
+    let mut b = Board::connect_from(addr, "127.0.0.1").await;
+    b.exchange(&msg("9", 4, "")).await;
+    drop(b);
+    until(&s, "/api/devices/acon/9", |p| {
+        p["peers"]["connected"].is_null()
+    })
+    .await;
+
+    // A network the board has not used: refused, not recorded, kept for the operator.
+    let (_, before) = s.get("/api/devices/acon/9/messages?limit=100").await;
+    let mut b = Board::connect_from(addr, "127.0.2.1").await;
+    refused(&mut b, &msg("9", 5, "BOX_ACC=1\n")).await;
+    let (_, after) = s.get("/api/devices/acon/9/messages?limit=100").await;
+    assert_eq!(before, after, "a refused frame is not the board's message");
+    let refusals = events(&s, Some("acon/9"), "peer_network_refused").await;
+    assert_eq!(refusals.len(), 1);
+    assert_eq!(refusals[0]["data"]["network"], "127.0.2.0/24");
+    assert!(
+        !s.event_kinds("acon/9")
+            .await
+            .contains(&"cell_opened".to_string())
+    );
+    let (_, page) = s.get("/api/devices/acon/9").await;
+    assert_eq!(
+        page["peers"]["pending"]["network"], "127.0.2.0/24",
+        "{page}"
+    );
+    assert!(
+        page["peers"]["pending"]["peer"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.2.1:")
+    );
+    // Again: refused, counted, no second event within the minute.
+    refused(
+        &mut Board::connect_from(addr, "127.0.2.1").await,
+        &msg("9", 6, ""),
+    )
+    .await;
+    assert_eq!(
+        events(&s, Some("acon/9"), "peer_network_refused")
+            .await
+            .len(),
+        1
+    );
+    assert_eq!(stat(&s, "acon_peer_refused").await, 2);
+
+    // The operator accepts the pending network; the board is answered from it.
+    let (st, page) = s
+        .send(
+            Method::POST,
+            "/api/devices/acon/9/peers",
+            Some(json!({"accept_pending": true})),
+        )
+        .await;
+    assert_eq!(st, 200, "{page}");
+    assert_eq!(page["peers"]["pending"], Value::Null);
+    // Least recently used first: the board came from 127.0.0.x after the restart.
+    assert_eq!(
+        page["peers"]["networks"],
+        json!(["127.0.1.0/24", "127.0.0.0/24", "127.0.2.0/24"])
+    );
+    let accepted = events(&s, Some("acon/9"), "peer_network_accepted").await;
+    assert_eq!(accepted[0]["actor"], "admin");
+    assert_eq!(accepted[0]["data"]["network"], "127.0.2.0/24");
+    let mut b = Board::connect_from(addr, "127.0.2.1").await;
+    b.exchange(&msg("9", 7, "")).await;
+    drop(b);
+    until(&s, "/api/devices/acon/9", |p| {
+        p["peers"]["connected"].is_null()
+    })
+    .await;
+
+    // A network given by the operator, before the board comes from it.
+    let (st, e) = s
+        .send(
+            Method::POST,
+            "/api/devices/acon/9/peers",
+            Some(json!({"network": "127.0.8.0/22"})),
+        )
+        .await;
+    assert_eq!(st, 200, "{e}");
+    Board::connect_from(addr, "127.0.9.9")
+        .await
+        .exchange(&msg("9", 8, ""))
+        .await;
+
+    // What the endpoint refuses.
+    for (body, status, field) in [
+        (json!({"network": "127.0.300.0/24"}), 400, Some("network")),
+        (json!({"network": 5}), 400, Some("network")),
+        (
+            json!({"network": "10.0.0.0/8", "accept_pending": true}),
+            400,
+            Some("network"),
+        ),
+        (json!({}), 400, Some("body")),
+        (
+            json!({"accept_pending": "yes"}),
+            400,
+            Some("accept_pending"),
+        ),
+        (json!({"colour": "red"}), 400, Some("body")),
+        (json!({"accept_pending": true}), 409, None),
+    ] {
+        let (st, e) = s
+            .send(
+                Method::POST,
+                "/api/devices/acon/9/peers",
+                Some(body.clone()),
+            )
+            .await;
+        assert_eq!(st, status, "{body}: {e}");
+        if let Some(f) = field {
+            assert_eq!(e["field"], f, "{body}: {e}");
+        }
+    }
+    let (st, _) = s
+        .send(
+            Method::POST,
+            "/api/devices/acon/nope/peers",
+            Some(json!({"network": "10.0.0.0/8"})),
+        )
+        .await;
+    assert_eq!(st, 404);
+    let r = s
+        .http
+        .post(s.url("/api/devices/acon/9/peers"))
+        .json(&json!({"accept_pending": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "behind the token like every route");
 }

@@ -29,6 +29,7 @@ pub fn settings(dir: &std::path::Path) -> Settings {
             code_length: 4,
             ping_interval_ms: 10_000,
             skaben_keepalive_ms: 60_000,
+            acon_pin_peers: false,
         },
         acon: AconLimits {
             max_frame: 64 * 1024,
