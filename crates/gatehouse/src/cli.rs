@@ -166,6 +166,15 @@ pub struct ServeArgs {
           value_parser = clap::builder::BoolishValueParser::new())]
     pub acon_pin_peers: bool,
 
+    /// New ACon boards registered per minute at most (0: no cap); the excess is refused.
+    #[arg(
+        long,
+        env = "GATEHOUSE_ACON_MAX_NEW_BOARDS_PER_MIN",
+        default_value = "60",
+        value_name = "N"
+    )]
+    pub acon_max_new_boards_per_min: u32,
+
     /// Address of the embedded MQTT broker the SKABEN props connect to (port 0: any free port,
     /// logged at start). Not used with --mqtt-url.
     #[arg(
@@ -239,6 +248,7 @@ impl ServeArgs {
                 ping_interval_ms: (self.ping_interval_secs * 1000.0) as i64,
                 skaben_keepalive_ms: (self.skaben_keepalive_secs * 1000.0) as i64,
                 acon_pin_peers: self.acon_pin_peers,
+                acon_max_new_boards_per_min: self.acon_max_new_boards_per_min,
             },
             mqtt: match &self.mqtt_url {
                 Some(url) => MqttSettings::External { url: url.clone() },
@@ -323,4 +333,58 @@ pub fn parse(args: Vec<OsString>) -> anyhow::Result<Cli> {
         .try_get_matches_from(&argv)
         .map_err(|e| anyhow::anyhow!("in the config file {}: {}", path.display(), e.render()))?;
     Ok(Cli::from_arg_matches(&matches)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serve(args: &[&str]) -> Settings {
+        let mut argv: Vec<OsString> = vec!["gatehouse".into(), "serve".into()];
+        argv.extend(args.iter().map(OsString::from));
+        match parse(argv).unwrap().command {
+            Command::Serve(a) => a.settings(),
+            other => panic!("not serve: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_acon_guards_from_flags_and_from_the_config_file() {
+        let s = serve(&[]);
+        assert_eq!(s.acon.allow, None);
+        assert!(!s.core.acon_pin_peers);
+        assert_eq!(s.core.acon_max_new_boards_per_min, 60);
+        let s = serve(&[
+            "--acon-allow",
+            "10.0.0.0/8, 192.168.1.7",
+            "--acon-pin-peers",
+            "--acon-max-new-boards-per-min",
+            "0",
+        ]);
+        assert_eq!(
+            s.acon.allow.map(|a| a.to_string()).as_deref(),
+            Some("10.0.0.0/8,192.168.1.7/32")
+        );
+        assert!(s.core.acon_pin_peers);
+        assert_eq!(s.core.acon_max_new_boards_per_min, 0);
+        assert!(!serve(&["--acon-pin-peers=false"]).core.acon_pin_peers);
+
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("g.toml");
+        std::fs::write(
+            &conf,
+            "acon_allow = \"2001:db8::/32\"\nacon_pin_peers = true\nacon_max_new_boards_per_min = 5\n",
+        )
+        .unwrap();
+        let s = serve(&["--config", conf.to_str().unwrap()]);
+        assert_eq!(
+            s.acon.allow.map(|a| a.to_string()).as_deref(),
+            Some("2001:db8::/32")
+        );
+        assert!(s.core.acon_pin_peers);
+        assert_eq!(s.core.acon_max_new_boards_per_min, 5);
+        // A flag beats the file.
+        let s = serve(&["--config", conf.to_str().unwrap(), "--acon-pin-peers=false"]);
+        assert!(!s.core.acon_pin_peers);
+    }
 }

@@ -25,6 +25,7 @@
 //! - **Networks**: each board keeps the last [`KNOWN_NETWORKS`] networks (the /24 or /64 of
 //!   its peer) it was seen from; a new one is an event, and with `--acon-pin-peers` a refusal
 //!   until an operator accepts it (the first network of a board is trusted).
+//! - **Registrations**: at most `--acon-max-new-boards-per-min` new boards a minute.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -351,6 +352,8 @@ pub enum Refusal {
     SecondBoard,
     /// `--acon-pin-peers`: a network the board has not used.
     NewNetwork,
+    /// `--acon-max-new-boards-per-min` reached.
+    RegistrationsCapped,
     /// The store refused the record.
     NotRecorded,
 }
@@ -363,6 +366,7 @@ impl Refusal {
             Refusal::Replaced => "board taken over by a newer connection from the same address",
             Refusal::SecondBoard => "connection already holds another board",
             Refusal::NewNetwork => "board seen from a network it has not used (pinned peers)",
+            Refusal::RegistrationsCapped => "new-board registrations capped this minute",
             Refusal::NotRecorded => "message not recorded",
         }
     }
@@ -554,9 +558,9 @@ impl State {
     }
 
     /// A well-formed message from a board on `conn`: checks the guards (who holds the board,
-    /// the network), registers the board (or refuses it), marks it seen, applies the rules,
-    /// records the message with its answer. A refused frame changes nothing but the guard's
-    /// own record (a rate-limited event, a pending network).
+    /// the network, the registration cap), registers the board (or refuses it), marks it
+    /// seen, applies the rules, records the message with its answer. A refused frame changes
+    /// nothing but the guard's own record (a rate-limited event, a pending network).
     pub fn acon_message(
         &mut self,
         fx: &mut Effects,
@@ -699,7 +703,8 @@ impl State {
         Err(why)
     }
 
-    /// The policy on new boards: `Ok` when the board `key` may be registered.
+    /// The policy and the cap on new boards: `Ok` when the board `key` may be registered now
+    /// (and counts it against the minute's cap).
     fn may_register(
         &mut self,
         fx: &mut Effects,
@@ -725,7 +730,32 @@ impl State {
             }
             return Err(Refusal::UnknownBoard);
         }
-        Ok(())
+        let limit = self.cfg.acon_max_new_boards_per_min;
+        if limit == 0 {
+            return Ok(());
+        }
+        let (start, count) = &mut self.registrations;
+        if now - *start >= 60_000 || now < *start {
+            (*start, *count) = (now, 0);
+        }
+        if *count < limit {
+            *count += 1;
+            return Ok(());
+        }
+        fx.counts.acon_registrations_capped += 1;
+        if let Some(since) = self.rejected_event_due("#registrations", now) {
+            fx.event(
+                None,
+                SERVER,
+                Event::RegistrationsCapped {
+                    limit_per_minute: limit,
+                    id: msg.id.clone(),
+                    peer: conn.peer.clone(),
+                    refused_since_last_event: since,
+                },
+            );
+        }
+        Err(Refusal::RegistrationsCapped)
     }
 
     /// The network guard, on a connection's first frame for a known board: a known network

@@ -33,6 +33,7 @@ pub struct Counts {
     pub acon_rejected: u64,
     pub acon_id_conflicts: u64,
     pub acon_peer_refused: u64,
+    pub acon_registrations_capped: u64,
     pub skaben_packets: u64,
     pub skaben_malformed: u64,
     pub skaben_rejected: u64,
@@ -117,11 +118,14 @@ pub struct State {
     /// SKABEN device types by name.
     pub(crate) types: HashMap<String, TypeEntry>,
     /// Refusals lately, for events at most once a minute: key (an unknown device's key, or a
-    /// guard's key: `acon/<id>#<guard>`) → (time of the last event, refusals since).
+    /// guard's key: `acon/<id>#<guard>`, `#registrations`) → (time of the last event,
+    /// refusals since).
     rejected: HashMap<String, (i64, u64)>,
     /// Which connection holds each board (`acon/<id>`), from its first accepted frame until
     /// it closes. Not stored: connections do not survive a restart.
     pub(crate) acon_holders: HashMap<String, Holder>,
+    /// New-board registrations in the current minute: (start of the minute, count).
+    pub(crate) registrations: (i64, u32),
     /// Per type: when `<type>/all/cup` was last broadcast in answer to a request from `all`,
     /// and whether another request wants one.
     pub(crate) broadcasts: HashMap<String, (i64, bool)>,
@@ -137,6 +141,7 @@ impl State {
             types: HashMap::new(),
             rejected: HashMap::new(),
             acon_holders: HashMap::new(),
+            registrations: (now, 0),
             broadcasts: HashMap::new(),
             next_task: u64::try_from(now).unwrap_or(1),
         }

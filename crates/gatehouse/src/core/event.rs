@@ -174,6 +174,15 @@ pub enum Event {
         network: Net,
         pending_cleared: bool,
     },
+    /// A new board's first frame was refused: `--acon-max-new-boards-per-min` boards were
+    /// registered in the current minute already. Not about one device; at most one event per
+    /// minute, naming the first board refused, with the refusals since the last event.
+    RegistrationsCapped {
+        limit_per_minute: u32,
+        id: String,
+        peer: String,
+        refused_since_last_event: u64,
+    },
 
     // ---- ACon boards: operator changes (each bumps the desired version) ----
     CellEngaged {

@@ -75,6 +75,8 @@ pub struct CoreConfig {
     /// Refuse a known board's frames from a network it has not used until an operator
     /// accepts the network (`--acon-pin-peers`).
     pub acon_pin_peers: bool,
+    /// New boards registered per minute at most; 0: no cap (`--acon-max-new-boards-per-min`).
+    pub acon_max_new_boards_per_min: u32,
 }
 
 /// Errors of changes, each mapped to an HTTP status by `http`.
@@ -110,6 +112,8 @@ pub struct Stats {
     pub acon_id_conflicts: AtomicU64,
     /// Frames refused under `--acon-pin-peers` (a network the board has not used).
     pub acon_peer_refused: AtomicU64,
+    /// New boards refused over `--acon-max-new-boards-per-min`.
+    pub acon_registrations_capped: AtomicU64,
     pub store_failures: AtomicU64,
     pub skaben_packets: AtomicU64,
     pub skaben_malformed: AtomicU64,
@@ -126,6 +130,7 @@ impl Stats {
             (&self.acon_rejected, c.acon_rejected),
             (&self.acon_id_conflicts, c.acon_id_conflicts),
             (&self.acon_peer_refused, c.acon_peer_refused),
+            (&self.acon_registrations_capped, c.acon_registrations_capped),
             (&self.skaben_packets, c.skaben_packets),
             (&self.skaben_malformed, c.skaben_malformed),
             (&self.skaben_rejected, c.skaben_rejected),

@@ -41,6 +41,8 @@ fn cfg() -> CoreConfig {
         ping_interval_ms: 10_000,
         skaben_keepalive_ms: 60_000,
         acon_pin_peers: false,
+        // Some tests register thousands of boards at once.
+        acon_max_new_boards_per_min: 0,
     }
 }
 

@@ -231,6 +231,7 @@ async fn get_stats(State(s): State<AppState>) -> ApiResult {
         "acon_not_allowed": n(&st.acon_not_allowed),
         "acon_id_conflicts": n(&st.acon_id_conflicts),
         "acon_peer_refused": n(&st.acon_peer_refused),
+        "acon_registrations_capped": n(&st.acon_registrations_capped),
         "store_failures": n(&st.store_failures),
         "skaben_packets": n(&st.skaben_packets),
         "skaben_malformed": n(&st.skaben_malformed),

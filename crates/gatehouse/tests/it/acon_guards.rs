@@ -1,7 +1,8 @@
 //! The guards of a protocol without authentication: `--acon-allow`, the board ↔ connection
-//! binding, and the networks a board uses (and `--acon-pin-peers`). Real server, real
-//! sockets: the boards at several addresses are client sockets bound to 127.0.0.x /
-//! 127.0.y.z before connecting.
+//! binding, the networks a board uses (and `--acon-pin-peers`), and the cap on new boards.
+//! Real server, real sockets: the boards at several addresses are client sockets bound to
+//! 127.0.0.x / 127.0.y.z before connecting.
+
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -199,7 +200,7 @@ fn a_bad_network_stops_start_up_naming_the_setting_and_the_entry() {
         err.contains("--acon-allow") && err.contains("192.168.300.0/24"),
         "{err}"
     );
-    // The guards are settings like the rest.
+    // The other guards are settings like the rest.
     let out = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
         .args(["serve", "--help"])
         .output()
@@ -210,6 +211,9 @@ fn a_bad_network_stops_start_up_naming_the_setting_and_the_entry() {
         "GATEHOUSE_ACON_ALLOW",
         "--acon-pin-peers",
         "GATEHOUSE_ACON_PIN_PEERS",
+        "--acon-max-new-boards-per-min",
+        "GATEHOUSE_ACON_MAX_NEW_BOARDS_PER_MIN",
+        "default: 60",
     ] {
         assert!(help.contains(s), "{s} in --help:\n{help}");
     }
@@ -582,4 +586,87 @@ async fn a_new_network_is_an_event_remembered_across_a_restart_and_pinned_until_
         .await
         .unwrap();
     assert_eq!(r.status(), 401, "behind the token like every route");
+}
+
+// ---- the cap on new boards ----
+
+/// 2 000 made-up IDs, each on a connection of its own: only the cap's worth is registered
+/// within the minute, one `registrations_capped` event, and a known board is answered all along.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registrations_are_capped_under_a_flood_of_made_up_ids() {
+    let s = Server::start().await;
+    let addr = s.running().acon_addr;
+    let mut known = Board::connect_from(addr, "127.0.0.1").await;
+    known.exchange(&msg("known", 1, "")).await;
+
+    let keep_answering = tokio::spawn(async move {
+        let mut answered = 0u64;
+        for send in 2.. {
+            let a = known.exchange(&msg("known", send, "")).await;
+            assert_eq!(a.send, send);
+            answered += 1;
+            if answered >= 50 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        answered
+    });
+
+    let mut flood = tokio::task::JoinSet::new();
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(64));
+    for i in 0..2000u32 {
+        let slots = slots.clone();
+        flood.spawn(async move {
+            let _slot = slots.acquire().await.unwrap();
+            let local = format!("127.1.{}.{}", i / 250, i % 250 + 1);
+            let mut b = Board::connect_from(addr, &local).await;
+            let _ = b
+                .stream
+                .write_all(msg(&format!("fake{i}"), 1, "").as_bytes())
+                .await;
+            b.raw_answer(Duration::from_secs(10)).await.is_some()
+        });
+    }
+    let mut answered = 0;
+    while let Some(r) = flood.join_next().await {
+        if r.unwrap() {
+            answered += 1;
+        }
+    }
+    assert_eq!(
+        keep_answering.await.unwrap(),
+        50,
+        "the known board was answered throughout"
+    );
+
+    // "known" used one registration of the minute.
+    assert_eq!(
+        answered, 59,
+        "only the cap's worth of new boards is answered"
+    );
+    let (_, devices) = s.get("/api/devices").await;
+    assert_eq!(devices.as_array().unwrap().len(), 60);
+    assert_eq!(stat(&s, "acon_registrations_capped").await, 2000 - 59);
+    let capped = events(&s, None, "registrations_capped").await;
+    assert_eq!(capped.len(), 1, "one rate-limited event: {capped:#?}");
+    assert_eq!(capped[0]["device"], Value::Null);
+    assert_eq!(capped[0]["data"]["limit_per_minute"], 60);
+    let (_, registered) = s.get("/api/events?kind=registered&limit=10000").await;
+    assert_eq!(registered.as_array().unwrap().len(), 60);
+}
+
+#[tokio::test]
+async fn no_cap_with_zero() {
+    let s = Server::start_with(|s| s.core.acon_max_new_boards_per_min = 0).await;
+    let addr = s.running().acon_addr;
+    for i in 0..80 {
+        Board::connect(addr)
+            .await
+            .exchange(&msg(&i.to_string(), 1, ""))
+            .await;
+    }
+    let (_, devices) = s.get("/api/devices").await;
+    assert_eq!(devices.as_array().unwrap().len(), 80);
+    assert_eq!(stat(&s, "acon_registrations_capped").await, 0);
 }

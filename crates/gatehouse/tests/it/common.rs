@@ -30,6 +30,7 @@ pub fn settings(dir: &std::path::Path) -> Settings {
             ping_interval_ms: 10_000,
             skaben_keepalive_ms: 60_000,
             acon_pin_peers: false,
+            acon_max_new_boards_per_min: 60,
         },
         acon: AconLimits {
             max_frame: 64 * 1024,
