@@ -10,6 +10,7 @@ use clap::parser::ValueSource;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use gatehouse_tools::{bench_acon, bench_skaben, simulate_acon, simulate_skaben};
 
+use crate::cidr::AllowList;
 use crate::core::{CoreConfig, UnknownPolicy};
 use crate::gateway::access::MqttAuth;
 use crate::gateway::acon::AconLimits;
@@ -180,6 +181,28 @@ pub struct ServeArgs {
     )]
     pub acon_max_bad_frames: u32,
 
+    /// Networks ACon boards may connect from, comma-separated: `10.0.0.0/8,192.168.1.0/24`,
+    /// IPv6 too; a bare address is one host. Others are closed at accept. Default: anywhere.
+    #[arg(long, env = "GATEHOUSE_ACON_ALLOW", value_name = "NETWORKS",
+          value_parser = parse_allow)]
+    pub acon_allow: Option<AllowList>,
+
+    /// Refuse a known board's frames from a network (/24, /64) it has not used until an
+    /// operator accepts it (POST /api/devices/acon/{id}/peers).
+    #[arg(long, env = "GATEHOUSE_ACON_PIN_PEERS", num_args = 0..=1, default_value = "false",
+          default_missing_value = "true", value_name = "BOOL",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub acon_pin_peers: bool,
+
+    /// New ACon boards registered per minute at most (0: no cap); the excess is refused.
+    #[arg(
+        long,
+        env = "GATEHOUSE_ACON_MAX_NEW_BOARDS_PER_MIN",
+        default_value = "60",
+        value_name = "N"
+    )]
+    pub acon_max_new_boards_per_min: u32,
+
     /// Address of the embedded MQTT broker the SKABEN props connect to (port 0: any free port,
     /// logged at start). Not used with --mqtt-url.
     #[arg(
@@ -241,6 +264,12 @@ fn parse_secs(s: &str) -> Result<f64, String> {
     }
 }
 
+fn parse_allow(s: &str) -> Result<AllowList, String> {
+    AllowList::parse(s).map_err(|e| {
+        format!("entry {e}; give networks like 10.0.0.0/8,192.168.1.0/24 or single addresses")
+    })
+}
+
 fn secs(v: f64) -> Duration {
     Duration::from_secs_f64(v)
 }
@@ -258,6 +287,8 @@ impl ServeArgs {
                 code_length: usize::from(self.code_length),
                 ping_interval_ms: (self.ping_interval_secs * 1000.0) as i64,
                 skaben_keepalive_ms: (self.skaben_keepalive_secs * 1000.0) as i64,
+                acon_pin_peers: self.acon_pin_peers,
+                acon_max_new_boards_per_min: self.acon_max_new_boards_per_min,
             },
             mqtt: match &self.mqtt_url {
                 Some(url) => MqttSettings::External { url: url.clone() },
@@ -272,6 +303,7 @@ impl ServeArgs {
                 idle_timeout: secs(self.acon_idle_timeout_secs),
                 frame_timeout: secs(self.acon_frame_timeout_secs),
                 max_bad_frames: self.acon_max_bad_frames,
+                allow: self.acon_allow.clone(),
             },
         }
     }
@@ -342,4 +374,58 @@ pub fn parse(args: Vec<OsString>) -> anyhow::Result<Cli> {
         .try_get_matches_from(&argv)
         .map_err(|e| anyhow::anyhow!("in the config file {}: {}", path.display(), e.render()))?;
     Ok(Cli::from_arg_matches(&matches)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serve(args: &[&str]) -> Settings {
+        let mut argv: Vec<OsString> = vec!["gatehouse".into(), "serve".into()];
+        argv.extend(args.iter().map(OsString::from));
+        match parse(argv).unwrap().command {
+            Command::Serve(a) => a.settings(),
+            other => panic!("not serve: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_acon_guards_from_flags_and_from_the_config_file() {
+        let s = serve(&[]);
+        assert_eq!(s.acon.allow, None);
+        assert!(!s.core.acon_pin_peers);
+        assert_eq!(s.core.acon_max_new_boards_per_min, 60);
+        let s = serve(&[
+            "--acon-allow",
+            "10.0.0.0/8, 192.168.1.7",
+            "--acon-pin-peers",
+            "--acon-max-new-boards-per-min",
+            "0",
+        ]);
+        assert_eq!(
+            s.acon.allow.map(|a| a.to_string()).as_deref(),
+            Some("10.0.0.0/8,192.168.1.7/32")
+        );
+        assert!(s.core.acon_pin_peers);
+        assert_eq!(s.core.acon_max_new_boards_per_min, 0);
+        assert!(!serve(&["--acon-pin-peers=false"]).core.acon_pin_peers);
+
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("g.toml");
+        std::fs::write(
+            &conf,
+            "acon_allow = \"2001:db8::/32\"\nacon_pin_peers = true\nacon_max_new_boards_per_min = 5\n",
+        )
+        .unwrap();
+        let s = serve(&["--config", conf.to_str().unwrap()]);
+        assert_eq!(
+            s.acon.allow.map(|a| a.to_string()).as_deref(),
+            Some("2001:db8::/32")
+        );
+        assert!(s.core.acon_pin_peers);
+        assert_eq!(s.core.acon_max_new_boards_per_min, 5);
+        // A flag beats the file.
+        let s = serve(&["--config", conf.to_str().unwrap(), "--acon-pin-peers=false"]);
+        assert!(!s.core.acon_pin_peers);
+    }
 }

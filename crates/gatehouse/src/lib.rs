@@ -1,6 +1,7 @@
 //! gatehouse: a server for the devices of a venue. See ARCHITECTURE.md for the map.
 
 pub mod bus;
+pub mod cidr;
 pub mod cli;
 pub mod clock;
 pub mod core;

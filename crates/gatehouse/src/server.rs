@@ -142,6 +142,17 @@ pub async fn start(s: Settings) -> anyhow::Result<Running> {
     let http_listener = bind_tcp(&s.http_listen, "--http-listen / GATEHOUSE_HTTP_LISTEN").await?;
     let acon_addr = acon_listener.local_addr()?;
     let http_addr = http_listener.local_addr()?;
+    match &s.acon.allow {
+        Some(allow) => info!(%allow, "ACon boards accepted only from these networks"),
+        None if crate::cidr::faces_public(acon_addr.ip()) => warn!(
+            %acon_addr,
+            "the ACon listener accepts boards from any address, and ACon has no authentication: \
+             whoever reaches this port can read the codes of engaged cells and report openings. \
+             Set --acon-allow / GATEHOUSE_ACON_ALLOW to the boards' networks (README, \
+             \"What the ACon protocol cannot do\")"
+        ),
+        None => {}
+    }
     info!(%acon_addr, "ACon listener ready");
     info!(%http_addr, "HTTP API ready");
     info!(data_dir = %s.data_dir.display(), devices = hub.list(None).len(), "store open");

@@ -14,13 +14,24 @@
 //!   previous one again (same ID, SEND and content): every copy is recorded, one is counted.
 //! - **Lock self-test**: an event per cell whose `ACT_CON` bit changed since the previous
 //!   message of the same matrix size.
+//!
+//! Guards (the protocol has no authentication; docs/acon.md, "Guards"), checked before a frame
+//! changes anything:
+//! - **Binding**: a connection holds a board from its first accepted frame until it closes.
+//!   Another connection's frame for that board is refused (`id_conflict`), unless it comes
+//!   from the same IP address on a newer connection: then the newer one takes the board over
+//!   and the older is closed (a board that rebooted). A connection that holds a board and
+//!   sends another board's ID is refused too.
+//! - **Networks**: each board keeps the last [`KNOWN_NETWORKS`] networks (the /24 or /64 of
+//!   its peer) it was seen from; a new one is an event, and with `--acon-pin-peers` a refusal
+//!   until an operator accepts it (the first network of a board is trusted).
+//! - **Registrations**: at most `--acon-max-new-boards-per-min` new boards a minute.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 
 use acon::{Answer, Engaged, Message, StateCode};
 use serde::{Deserialize, Serialize};
-
-use std::collections::hash_map::Entry;
 
 use rand::RngExt as _;
 
@@ -28,6 +39,7 @@ use super::change::{Effects, State};
 use super::device::{Device, DeviceState, DeviceView, key, to_json};
 use super::event::{DEVICE, Event, Registration, SERVER, VersionChange};
 use super::{CoreError, Outcome, UnknownPolicy, invalid};
+use crate::cidr::Net;
 use crate::store::{MessageRecord, Write};
 
 /// One engaged cell: its code, when it stops working, and whether the first opening ends it.
@@ -84,6 +96,42 @@ pub struct Reported {
     /// Matrix size given by an operator before the board reported one.
     #[serde(default)]
     pub provisioned_size: Option<(u16, u16)>,
+    /// The networks the board may connect from: those it was seen from (the /24 or /64 of
+    /// its peer) and those an operator accepted; least recently used first, at most
+    /// [`KNOWN_NETWORKS`].
+    #[serde(default)]
+    pub networks: Vec<Net>,
+    /// The network last refused under `--acon-pin-peers`, for an operator to accept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_network: Option<PendingNetwork>,
+}
+
+/// Networks kept per board.
+pub const KNOWN_NETWORKS: usize = 8;
+
+/// A network a board's frame was refused from, waiting for an operator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingNetwork {
+    pub network: Net,
+    pub peer: String,
+    /// Unix ms of the refusal.
+    pub at: i64,
+}
+
+impl Reported {
+    /// Makes `net` the most recently used known network, dropping the least recently used
+    /// one past [`KNOWN_NETWORKS`]. Returns whether the list changed.
+    fn use_network(&mut self, net: Net) -> bool {
+        if self.networks.last() == Some(&net) {
+            return false;
+        }
+        self.networks.retain(|n| *n != net);
+        self.networks.push(net);
+        if self.networks.len() > KNOWN_NETWORKS {
+            self.networks.remove(0);
+        }
+        true
+    }
 }
 
 fn list(l: &Option<Vec<u32>>) -> &[u32] {
@@ -268,6 +316,92 @@ impl BoardState {
     }
 }
 
+// ---- Connections and the guards ----
+
+/// The connection a board's frame came on, as the guards see it. The gateway owns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AconConn {
+    /// Unique per connection, growing in accept order (a newer connection has a larger id).
+    pub id: u64,
+    /// The peer's IP address (an IPv4-mapped IPv6 address as IPv4).
+    pub ip: IpAddr,
+    /// `ip:port`, as recorded with messages and events.
+    pub peer: String,
+    /// The board this connection holds: the ID of its first accepted frame.
+    pub holds: Option<String>,
+}
+
+/// The connection holding a board.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    pub conn: u64,
+    pub ip: IpAddr,
+    pub peer: String,
+}
+
+/// Why a well-formed frame got no answer; its connection is closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// An unknown board under `--unknown-devices reject`.
+    UnknownBoard,
+    /// Another connection, from another address, holds the board.
+    HeldElsewhere,
+    /// A newer connection from the same address took the board over.
+    Replaced,
+    /// The connection already holds another board.
+    SecondBoard,
+    /// `--acon-pin-peers`: a network the board has not used.
+    NewNetwork,
+    /// `--acon-max-new-boards-per-min` reached.
+    RegistrationsCapped,
+    /// The store refused the record.
+    NotRecorded,
+}
+
+impl Refusal {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refusal::UnknownBoard => "unknown board refused (policy reject)",
+            Refusal::HeldElsewhere => "board held by another connection",
+            Refusal::Replaced => "board taken over by a newer connection from the same address",
+            Refusal::SecondBoard => "connection already holds another board",
+            Refusal::NewNetwork => "board seen from a network it has not used (pinned peers)",
+            Refusal::RegistrationsCapped => "new-board registrations capped this minute",
+            Refusal::NotRecorded => "message not recorded",
+        }
+    }
+}
+
+/// What [`State::acon_message`] decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Send the encoded answer; close `displaced` (an older connection from the same
+    /// address that held the board).
+    Answer {
+        answer: Vec<u8>,
+        displaced: Option<u64>,
+    },
+    Refused(Refusal),
+}
+
+/// How a frame's connection stands to its board.
+enum Claim {
+    /// It holds the board already.
+    Held,
+    /// Nobody holds the board: take it.
+    Free,
+    /// An older connection from the same address holds it: take it over.
+    TakeOver(Holder),
+}
+
+/// Which network an operator accepts for a board.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NetworkChoice {
+    Network(Net),
+    /// The board's pending network (the last refused).
+    Pending,
+}
+
 // ---- A board in the core's state: inbound messages and operator changes ----
 
 /// Raw bytes of a malformed frame or packet kept in its event.
@@ -311,6 +445,11 @@ pub struct BoardSnapshot {
     pub rows: Option<u16>,
     pub engaged_cells: usize,
     pub reported: ReportedSnapshot,
+    /// The networks the board may connect from, least recently used first.
+    pub networks: Vec<Net>,
+    pub pending_network: Option<PendingNetwork>,
+    /// The peer of the connection that holds the board now.
+    pub held_by: Option<String>,
 }
 
 /// What the board last reported.
@@ -418,80 +557,324 @@ impl State {
         }
     }
 
-    /// A well-formed message from a board: registers it (or refuses it), marks it seen,
-    /// applies the rules, records the message with its answer. Returns the encoded answer,
-    /// or `None` when the board is refused.
+    /// A well-formed message from a board on `conn`: checks the guards (who holds the board,
+    /// the network, the registration cap), registers the board (or refuses it), marks it
+    /// seen, applies the rules, records the message with its answer. A refused frame changes
+    /// nothing but the guard's own record (a rate-limited event, a pending network).
     pub fn acon_message(
         &mut self,
         fx: &mut Effects,
         raw: &[u8],
         msg: &Message,
-        peer: &str,
-    ) -> Option<Vec<u8>> {
+        conn: &AconConn,
+    ) -> Verdict {
         fx.counts.acon_messages += 1;
         let now = fx.now;
         let key = board_key(&msg.id);
-        let dev = match self.devices.entry(key.clone()) {
-            Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(_) if self.cfg.unknown_devices == UnknownPolicy::Reject => {
-                fx.counts.acon_rejected += 1;
-                if let Some(since) = self.rejected_event_due(&key, now) {
+        let claim = match self.claim(fx, &key, msg, conn) {
+            Ok(c) => c,
+            Err(why) => return Verdict::Refused(why),
+        };
+        let fresh = !self.devices.contains_key(&key);
+        if fresh {
+            if let Err(why) = self.may_register(fx, &key, msg, conn) {
+                return Verdict::Refused(why);
+            }
+            fx.device_event(
+                &key,
+                SERVER,
+                Event::Registered(Registration::Board {
+                    peer: conn.peer.clone(),
+                }),
+            );
+            let mut board = BoardState::default();
+            board.reported.networks.push(Net::of(conn.ip));
+            self.devices.insert(
+                key.clone(),
+                Device::new("acon", &msg.id, now, DeviceState::Board(board)),
+            );
+        }
+        let mut row = false;
+        let mut displaced = None;
+        if !matches!(claim, Claim::Held) {
+            if !fresh {
+                match self.check_network(fx, &key, msg, conn) {
+                    Ok(changed) => row = changed,
+                    Err(why) => return Verdict::Refused(why),
+                }
+            }
+            // Every check passed: take the board.
+            let holder = Holder {
+                conn: conn.id,
+                ip: conn.ip,
+                peer: conn.peer.clone(),
+            };
+            self.acon_holders.insert(key.clone(), holder);
+            if let Claim::TakeOver(old) = claim {
+                displaced = Some(old.conn);
+                if let Some(since) = self.rejected_event_due(&format!("{key}#replaced"), now) {
                     fx.device_event(
                         &key,
                         SERVER,
-                        Event::Rejected {
-                            reason: "unknown device, policy reject".into(),
-                            peer: Some(peer.to_string()),
-                            send: Some(msg.send),
-                            topic: None,
-                            refused_since_last_event: since,
+                        Event::ConnectionReplaced {
+                            peer: conn.peer.clone(),
+                            old_peer: old.peer,
+                            replaced_since_last_event: since,
                         },
                     );
                 }
-                return None;
             }
-            Entry::Vacant(e) => {
-                fx.device_event(
-                    &key,
-                    SERVER,
-                    Event::Registered(Registration::Board {
-                        peer: peer.to_string(),
-                    }),
-                );
-                e.insert(Device::new(
-                    "acon",
-                    &msg.id,
-                    now,
-                    DeviceState::Board(BoardState::default()),
-                ))
-            }
+        }
+        let Some(dev) = self.devices.get_mut(&key) else {
+            return Verdict::Refused(Refusal::NotRecorded);
         };
         fx.push_event(dev.seen(now, "message received", None));
         let DeviceState::Board(board) = &mut dev.state else {
             // `acon/<id>` is always a board: types named `acon` are refused.
-            return None;
+            return Verdict::Refused(Refusal::NotRecorded);
         };
-        for e in board.on_message(msg, peer, now) {
+        for e in board.on_message(msg, &conn.peer, now) {
             fx.device_event(&key, DEVICE, e);
         }
         let mut answer = Vec::with_capacity(128);
         board.answer(msg, now).encode(&mut answer);
-        // Every change to the device row comes with an event (see `on_message`); a message
-        // that changes nothing else is recorded by its message row alone, which also carries
-        // the latest message and last-seen time the row leaves out.
-        if !fx.events.is_empty() {
+        // Every change to the device row comes with an event (see `on_message`), or is the
+        // order of its known networks (at most once per connection); a message that changes
+        // nothing else is recorded by its message row alone, which also carries the latest
+        // message and last-seen time the row leaves out.
+        if row || !fx.events.is_empty() {
             fx.device_row(dev, None);
         }
         fx.writes.push(Write::Message(MessageRecord {
             device: key,
             at: now,
             send: i64::try_from(msg.send).ok(),
-            peer: peer.to_string(),
+            peer: conn.peer.clone(),
             raw: String::from_utf8_lossy(raw).into_owned(),
             parsed: to_json(msg),
             answer: String::from_utf8_lossy(&answer).into_owned(),
         }));
-        Some(answer)
+        Verdict::Answer { answer, displaced }
+    }
+
+    /// The binding guard: whether `conn` holds the board `key`, may take it, or is refused.
+    /// Changes nothing but the guard's event.
+    fn claim(
+        &mut self,
+        fx: &mut Effects,
+        key: &str,
+        msg: &Message,
+        conn: &AconConn,
+    ) -> Result<Claim, Refusal> {
+        let holder = self.acon_holders.get(key);
+        let (why, holder_peer, holds) = match (conn.holds.as_deref(), holder) {
+            (Some(held), Some(h)) if held == msg.id => {
+                return if h.conn == conn.id {
+                    Ok(Claim::Held)
+                } else {
+                    Err(Refusal::Replaced)
+                };
+            }
+            // Held once, released since: only if a newer connection took it and closed.
+            (Some(held), None) if held == msg.id => return Err(Refusal::Replaced),
+            (Some(held), _) => (Refusal::SecondBoard, None, Some(board_key(held))),
+            (None, None) => return Ok(Claim::Free),
+            (None, Some(h)) if h.ip == conn.ip && h.conn < conn.id => {
+                return Ok(Claim::TakeOver(h.clone()));
+            }
+            (None, Some(h)) if h.ip == conn.ip => return Err(Refusal::Replaced),
+            (None, Some(h)) => (Refusal::HeldElsewhere, Some(h.peer.clone()), None),
+        };
+        fx.counts.acon_id_conflicts += 1;
+        if let Some(since) = self.rejected_event_due(&format!("{key}#id_conflict"), fx.now) {
+            fx.device_event(
+                key,
+                SERVER,
+                Event::IdConflict {
+                    reason: why.reason().into(),
+                    peer: conn.peer.clone(),
+                    holder_peer,
+                    holds,
+                    send: msg.send,
+                    refused_since_last_event: since,
+                },
+            );
+        }
+        Err(why)
+    }
+
+    /// The policy and the cap on new boards: `Ok` when the board `key` may be registered now
+    /// (and counts it against the minute's cap).
+    fn may_register(
+        &mut self,
+        fx: &mut Effects,
+        key: &str,
+        msg: &Message,
+        conn: &AconConn,
+    ) -> Result<(), Refusal> {
+        let now = fx.now;
+        if self.cfg.unknown_devices == UnknownPolicy::Reject {
+            fx.counts.acon_rejected += 1;
+            if let Some(since) = self.rejected_event_due(key, now) {
+                fx.device_event(
+                    key,
+                    SERVER,
+                    Event::Rejected {
+                        reason: "unknown device, policy reject".into(),
+                        peer: Some(conn.peer.clone()),
+                        send: Some(msg.send),
+                        topic: None,
+                        refused_since_last_event: since,
+                    },
+                );
+            }
+            return Err(Refusal::UnknownBoard);
+        }
+        let limit = self.cfg.acon_max_new_boards_per_min;
+        if limit == 0 {
+            return Ok(());
+        }
+        let (start, count) = &mut self.registrations;
+        if now - *start >= 60_000 || now < *start {
+            (*start, *count) = (now, 0);
+        }
+        if *count < limit {
+            *count += 1;
+            return Ok(());
+        }
+        fx.counts.acon_registrations_capped += 1;
+        if let Some(since) = self.rejected_event_due("#registrations", now) {
+            fx.event(
+                None,
+                SERVER,
+                Event::RegistrationsCapped {
+                    limit_per_minute: limit,
+                    id: msg.id.clone(),
+                    peer: conn.peer.clone(),
+                    refused_since_last_event: since,
+                },
+            );
+        }
+        Err(Refusal::RegistrationsCapped)
+    }
+
+    /// The network guard, on a connection's first frame for a known board: a known network
+    /// becomes the most recent (`Ok(true)` if the order changed); a new one is learned with
+    /// an event, or, with `--acon-pin-peers`, refused and kept as the board's pending network.
+    /// A board with no known network yet (registered by an operator, or from before the
+    /// guards) learns its first one whatever the setting.
+    fn check_network(
+        &mut self,
+        fx: &mut Effects,
+        key: &str,
+        msg: &Message,
+        conn: &AconConn,
+    ) -> Result<bool, Refusal> {
+        let now = fx.now;
+        let pin = self.cfg.acon_pin_peers;
+        let Some(board) = self.devices.get(key).and_then(Device::board) else {
+            return Ok(false);
+        };
+        let known = &board.reported.networks;
+        if let Some(n) = known.iter().rev().find(|n| n.contains(conn.ip)).copied() {
+            let Some(DeviceState::Board(b)) = self.devices.get_mut(key).map(|d| &mut d.state)
+            else {
+                return Ok(false);
+            };
+            return Ok(b.reported.use_network(n));
+        }
+        let net = Net::of(conn.ip);
+        if pin && !known.is_empty() {
+            fx.counts.acon_peer_refused += 1;
+            let due = self.rejected_event_due(&format!("{key}#network"), now);
+            if let (Some(since), Some(dev)) = (due, self.devices.get_mut(key))
+                && let DeviceState::Board(b) = &mut dev.state
+            {
+                b.reported.pending_network = Some(PendingNetwork {
+                    network: net,
+                    peer: conn.peer.clone(),
+                    at: now,
+                });
+                fx.device_event(
+                    key,
+                    SERVER,
+                    Event::PeerNetworkRefused {
+                        network: net,
+                        peer: conn.peer.clone(),
+                        send: msg.send,
+                        refused_since_last_event: since,
+                    },
+                );
+                fx.device_row(dev, None);
+            }
+            return Err(Refusal::NewNetwork);
+        }
+        let Some(DeviceState::Board(b)) = self.devices.get_mut(key).map(|d| &mut d.state) else {
+            return Ok(false);
+        };
+        let before = b.reported.networks.clone();
+        b.reported.use_network(net);
+        fx.device_event(
+            key,
+            SERVER,
+            Event::NewPeerNetwork {
+                network: net,
+                peer: conn.peer.clone(),
+                known: before,
+            },
+        );
+        Ok(true)
+    }
+
+    /// A connection closed: the board it held is free.
+    pub(crate) fn acon_release(&mut self, conn: &AconConn) {
+        let Some(id) = &conn.holds else { return };
+        let key = board_key(id);
+        if self
+            .acon_holders
+            .get(&key)
+            .is_some_and(|h| h.conn == conn.id)
+        {
+            self.acon_holders.remove(&key);
+        }
+    }
+
+    /// An operator accepts a network for a board: a given one, or the board's pending one.
+    pub(crate) fn accept_network(
+        &mut self,
+        fx: &mut Effects,
+        id: &str,
+        choice: NetworkChoice,
+        actor: &str,
+    ) -> Result<Outcome, CoreError> {
+        let (dev, key) = self.board_mut(id)?;
+        let DeviceState::Board(board) = &mut dev.state else {
+            return Err(not_found(id));
+        };
+        let pending = board.reported.pending_network.as_ref().map(|p| p.network);
+        let network = match choice {
+            NetworkChoice::Network(n) => n,
+            NetworkChoice::Pending => pending.ok_or_else(|| {
+                CoreError::Conflict(format!(
+                    "board {id} has no refused network waiting to be accepted; give one: {{\"network\": \"10.1.2.0/24\"}}"
+                ))
+            })?,
+        };
+        board.reported.use_network(network);
+        let pending_cleared = pending.is_some_and(|p| network.covers(&p));
+        if pending_cleared {
+            board.reported.pending_network = None;
+        }
+        fx.device_event(
+            &key,
+            actor,
+            Event::PeerNetworkAccepted {
+                network,
+                pending_cleared,
+            },
+        );
+        fx.device_row(dev, None);
+        self.board_outcome(id)
     }
 
     /// A frame that is not a valid message: an error event (filed under the board whose `ID=`
@@ -513,7 +896,8 @@ impl State {
     }
 
     pub(crate) fn board_snapshot(&self, id: &str) -> Option<BoardSnapshot> {
-        let d = self.devices.get(&board_key(id))?;
+        let key = board_key(id);
+        let d = self.devices.get(&key)?;
         let b = d.board()?;
         Some(BoardSnapshot {
             device: d.view(),
@@ -529,6 +913,9 @@ impl State {
                 last_send: b.reported.message.as_ref().map(|m| m.send),
                 reboots: b.reported.reboots,
             },
+            networks: b.reported.networks.clone(),
+            pending_network: b.reported.pending_network.clone(),
+            held_by: self.acon_holders.get(&key).map(|h| h.peer.clone()),
         })
     }
 
@@ -981,6 +1368,29 @@ mod tests {
             kinds(&b.on_message(&msg(4, "STATE=0\nACT_CON=11,11\n"), "p", 0)),
             ["lock_connected"]
         );
+    }
+
+    #[test]
+    fn known_networks_are_kept_least_recently_used_first_and_bounded() {
+        let net = |i: u8| Net::of(IpAddr::from([10, 0, i, 1]));
+        let mut r = Reported::default();
+        for i in 0..10 {
+            assert!(r.use_network(net(i)));
+        }
+        let want: Vec<Net> = (2..10).map(net).collect();
+        assert_eq!(r.networks, want, "the two least recently used are gone");
+        assert!(!r.use_network(net(9)), "already the most recent");
+        assert!(r.use_network(net(2)));
+        assert_eq!(r.networks.first(), Some(&net(3)));
+        assert_eq!(r.networks.last(), Some(&net(2)));
+        assert_eq!(r.networks.len(), KNOWN_NETWORKS);
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["networks"][0], "10.0.3.0/24");
+        assert!(json.get("pending_network").is_none());
+        let back: Reported = serde_json::from_value(json).unwrap();
+        assert_eq!(back.networks, r.networks);
+        let old: Reported = serde_json::from_str(r#"{"reboots": 2}"#).unwrap();
+        assert!(old.networks.is_empty(), "rows from before the guards load");
     }
 
     #[test]

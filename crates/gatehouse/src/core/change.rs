@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 
+use super::acon::Holder;
 use super::device::{Device, DeviceState};
 use super::event::{Event, RecordedEvent};
 use super::skaben::{DeviceType, TypeEntry};
@@ -30,6 +31,9 @@ pub struct Counts {
     pub acon_messages: u64,
     pub acon_malformed: u64,
     pub acon_rejected: u64,
+    pub acon_id_conflicts: u64,
+    pub acon_peer_refused: u64,
+    pub acon_registrations_capped: u64,
     pub skaben_packets: u64,
     pub skaben_malformed: u64,
     pub skaben_rejected: u64,
@@ -120,9 +124,15 @@ pub struct State {
     pub(crate) devices: HashMap<String, Device>,
     /// SKABEN device types by name.
     pub(crate) types: HashMap<String, TypeEntry>,
-    /// Unknown devices refused lately: key → (time of the last `rejected` event, refusals
-    /// since).
+    /// Refusals lately, for events at most once a minute: key (an unknown device's key, or a
+    /// guard's key: `acon/<id>#<guard>`, `#registrations`) → (time of the last event,
+    /// refusals since).
     rejected: HashMap<String, (i64, u64)>,
+    /// Which connection holds each board (`acon/<id>`), from its first accepted frame until
+    /// it closes. Not stored: connections do not survive a restart.
+    pub(crate) acon_holders: HashMap<String, Holder>,
+    /// New-board registrations in the current minute: (start of the minute, count).
+    pub(crate) registrations: (i64, u32),
     /// Per type: when `<type>/all/cup` was last broadcast in answer to a request from `all`,
     /// and whether another request wants one.
     pub(crate) broadcasts: HashMap<String, (i64, bool)>,
@@ -139,6 +149,8 @@ impl State {
             devices: HashMap::new(),
             types: HashMap::new(),
             rejected: HashMap::new(),
+            acon_holders: HashMap::new(),
+            registrations: (now, 0),
             broadcasts: HashMap::new(),
             next_task: u64::try_from(now).unwrap_or(1),
             credentials: HashMap::new(),
@@ -162,6 +174,7 @@ impl State {
             Command::Release { id, cell } => self.release(fx, &id, cell, actor),
             Command::Reset { id } => self.reset(fx, &id, actor),
             Command::Block { id, blocked } => self.block(fx, &id, blocked, actor),
+            Command::AcceptNetwork { id, network } => self.accept_network(fx, &id, network, actor),
             Command::RegisterProp { ty, id, req } => self.register_prop(fx, &ty, &id, req, actor),
             Command::SetConfig { ty, id, edit } => self.set_config(fx, &ty, &id, edit, actor),
             Command::PushDevice { ty, id } => self.push_device(fx, &ty, &id, actor),

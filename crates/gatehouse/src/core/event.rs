@@ -13,6 +13,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::skaben::DeviceType;
+use crate::cidr::Net;
 use crate::store::EventRecord;
 
 /// Who caused an event that no operator asked for.
@@ -123,6 +124,64 @@ pub enum Event {
         code: String,
         /// RFC 3339.
         expires_at: String,
+    },
+
+    // ---- ACon boards: the connection guards (docs/acon.md, "Guards") ----
+    /// A frame was refused because of who holds its board: another connection, from another
+    /// address, holds it (`holder_peer`), or the frame's connection already holds another
+    /// board (`holds`). The frame is not recorded as the board's message and not answered; its
+    /// connection is closed. At most one event per board per minute, with the refusals since
+    /// the last one (every refusal is counted in `/api/stats`).
+    IdConflict {
+        reason: String,
+        /// The refused connection's peer.
+        peer: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        holder_peer: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        holds: Option<String>,
+        send: u64,
+        refused_since_last_event: u64,
+    },
+    /// A newer connection from the same IP address took a board over (a board that rebooted
+    /// and reconnected); the older connection was closed. At most one event per board per
+    /// minute, with the takeovers since the last one.
+    ConnectionReplaced {
+        peer: String,
+        old_peer: String,
+        replaced_since_last_event: u64,
+    },
+    /// A known board was seen from a network (its /24 or /64) it had not used; the network
+    /// was added to its known networks (`known`: the ones before).
+    NewPeerNetwork {
+        network: Net,
+        peer: String,
+        known: Vec<Net>,
+    },
+    /// `--acon-pin-peers`: a known board's frame came from a network it has not used. Not
+    /// recorded as its message, not answered, the connection closed; the network is kept as
+    /// the board's pending network for an operator to accept. At most one event per board per
+    /// minute, with the refusals since the last one.
+    PeerNetworkRefused {
+        network: Net,
+        peer: String,
+        send: u64,
+        refused_since_last_event: u64,
+    },
+    /// An operator accepted a network for a board (`pending_cleared`: it covered the board's
+    /// pending network).
+    PeerNetworkAccepted {
+        network: Net,
+        pending_cleared: bool,
+    },
+    /// A new board's first frame was refused: `--acon-max-new-boards-per-min` boards were
+    /// registered in the current minute already. Not about one device; at most one event per
+    /// minute, naming the first board refused, with the refusals since the last event.
+    RegistrationsCapped {
+        limit_per_minute: u32,
+        id: String,
+        peer: String,
+        refused_since_last_event: u64,
     },
 
     // ---- ACon boards: operator changes (each bumps the desired version) ----

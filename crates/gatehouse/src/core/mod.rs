@@ -41,7 +41,8 @@ use thiserror::Error;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 pub use self::acon::{
-    BoardSnapshot, CellSnapshot, EngageRequest, EngagedSnapshot, RegisterRequest, ReportedSnapshot,
+    AconConn, BoardSnapshot, CellSnapshot, EngageRequest, EngagedSnapshot, NetworkChoice,
+    PendingNetwork, Refusal, RegisterRequest, ReportedSnapshot,
 };
 pub use self::change::{Counts, Effects, Publish, State};
 pub use self::device::{Device, DeviceState, DeviceSummary, DeviceView};
@@ -72,6 +73,11 @@ pub struct CoreConfig {
     pub ping_interval_ms: i64,
     /// A SKABEN device is offline once silent this long, unless its type says otherwise (ms).
     pub skaben_keepalive_ms: i64,
+    /// Refuse a known board's frames from a network it has not used until an operator
+    /// accepts the network (`--acon-pin-peers`).
+    pub acon_pin_peers: bool,
+    /// New boards registered per minute at most; 0: no cap (`--acon-max-new-boards-per-min`).
+    pub acon_max_new_boards_per_min: u32,
 }
 
 /// Errors of changes, each mapped to an HTTP status by `http`.
@@ -100,6 +106,15 @@ pub struct Stats {
     pub acon_messages: AtomicU64,
     pub acon_malformed: AtomicU64,
     pub acon_rejected: AtomicU64,
+    /// Connections closed at accept: the peer is outside `--acon-allow`.
+    pub acon_not_allowed: AtomicU64,
+    /// Frames refused because another connection holds their board, or their connection
+    /// holds another board.
+    pub acon_id_conflicts: AtomicU64,
+    /// Frames refused under `--acon-pin-peers` (a network the board has not used).
+    pub acon_peer_refused: AtomicU64,
+    /// New boards refused over `--acon-max-new-boards-per-min`.
+    pub acon_registrations_capped: AtomicU64,
     pub store_failures: AtomicU64,
     pub skaben_packets: AtomicU64,
     pub skaben_malformed: AtomicU64,
@@ -117,6 +132,9 @@ impl Stats {
             (&self.acon_messages, c.acon_messages),
             (&self.acon_malformed, c.acon_malformed),
             (&self.acon_rejected, c.acon_rejected),
+            (&self.acon_id_conflicts, c.acon_id_conflicts),
+            (&self.acon_peer_refused, c.acon_peer_refused),
+            (&self.acon_registrations_capped, c.acon_registrations_capped),
             (&self.skaben_packets, c.skaben_packets),
             (&self.skaben_malformed, c.skaben_malformed),
             (&self.skaben_rejected, c.skaben_rejected),
@@ -149,6 +167,9 @@ pub enum Command {
     Reset { id: String },
     /// Block or unblock a board's keypad.
     Block { id: String, blocked: bool },
+    /// Add a network to the ones a board may connect from (`--acon-pin-peers`), or accept the
+    /// one last refused.
+    AcceptNetwork { id: String, network: NetworkChoice },
     /// Register a prop, or change its name, notes or profile.
     RegisterProp {
         ty: String,
@@ -201,11 +222,20 @@ pub enum Outcome {
 
 /// What became of an inbound ACon message.
 pub enum AconOutcome {
-    /// Send these bytes (the encoded answer) once the commit is durable.
-    Answer(Commit, Vec<u8>),
-    /// The board is unknown and the policy refuses it: no answer. The commit of its
-    /// `rejected` event, if one was written (at most one per board per minute).
-    Rejected(Option<Commit>),
+    /// Send `answer` (the encoded answer) once `commit` is durable. `displaced`: the older
+    /// connection (same address) this frame's connection took the board over from; close it.
+    Answer {
+        commit: Commit,
+        answer: Vec<u8>,
+        displaced: Option<u64>,
+    },
+    /// Refused (an unknown board under `--unknown-devices reject`, or a guard): no answer,
+    /// close the connection. The commit of the event, if one was written (they are
+    /// rate-limited).
+    Refused {
+        commit: Option<Commit>,
+        why: Refusal,
+    },
 }
 
 /// A committed unit's events on their way to subscribers, and the caller's commit.
@@ -440,13 +470,38 @@ impl Hub {
 
     // ---- inbound traffic ----
 
-    /// A well-formed message from a board: update, record, and decide the answer.
-    pub fn acon_message(&self, raw: &[u8], msg: &Message, peer: &str, now: i64) -> AconOutcome {
-        match self.change(now, |st, fx| Ok(st.acon_message(fx, raw, msg, peer))) {
-            Ok((Some(answer), Some(commit))) => AconOutcome::Answer(commit, answer),
-            Ok((_, commit)) => AconOutcome::Rejected(commit),
-            Err(_) => AconOutcome::Rejected(None),
+    /// A well-formed message from a board on connection `conn`: check who holds the board,
+    /// update, record, and decide the answer.
+    pub fn acon_message(
+        &self,
+        raw: &[u8],
+        msg: &Message,
+        conn: &AconConn,
+        now: i64,
+    ) -> AconOutcome {
+        match self.change(now, |st, fx| Ok(st.acon_message(fx, raw, msg, conn))) {
+            Ok((acon::Verdict::Answer { answer, displaced }, Some(commit))) => {
+                AconOutcome::Answer {
+                    commit,
+                    answer,
+                    displaced,
+                }
+            }
+            Ok((acon::Verdict::Refused(why), commit)) => AconOutcome::Refused { commit, why },
+            // An answer always records its message; no commit means nothing was recorded.
+            Ok((acon::Verdict::Answer { .. }, None)) | Err(_) => AconOutcome::Refused {
+                commit: None,
+                why: Refusal::NotRecorded,
+            },
         }
+    }
+
+    /// A board connection closed: the board it held is free for another connection.
+    pub fn acon_closed(&self, conn: &AconConn, now: i64) {
+        let _ = self.change(now, |st, _| {
+            st.acon_release(conn);
+            Ok(())
+        });
     }
 
     /// A frame that is not a valid message: an error event with the reason and the raw bytes.

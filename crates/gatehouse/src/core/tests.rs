@@ -40,6 +40,19 @@ fn cfg() -> CoreConfig {
         code_length: 4,
         ping_interval_ms: 10_000,
         skaben_keepalive_ms: 60_000,
+        acon_pin_peers: false,
+        // Some tests register thousands of boards at once.
+        acon_max_new_boards_per_min: 0,
+    }
+}
+
+/// A connection of its own for board `id`, from 10.0.0.5.
+fn conn(id: u64) -> AconConn {
+    AconConn {
+        id,
+        ip: std::net::IpAddr::from([10, 0, 0, 5]),
+        peer: format!("10.0.0.5:{}", 4000 + id),
+        holds: None,
     }
 }
 
@@ -49,6 +62,8 @@ struct Fixture {
     hub: Hub,
     store: Arc<dyn Store>,
     bus: Arc<Recorder>,
+    /// One connection per board, kept as the gateway keeps it.
+    conns: StdMutex<std::collections::HashMap<String, AconConn>>,
     _dir: tempfile::TempDir,
 }
 
@@ -65,6 +80,7 @@ async fn fixture_with(wrap: impl FnOnce(Arc<dyn Store>) -> Arc<dyn Store>) -> Fi
         hub,
         store,
         bus,
+        conns: StdMutex::default(),
         _dir: dir,
     }
 }
@@ -119,12 +135,22 @@ impl Fixture {
     async fn board_message(&self, text: &str, now: i64) {
         let raw = text.replace('\n', "\r\n");
         let msg = Message::parse(raw.as_bytes()).unwrap();
-        match self
-            .hub
-            .acon_message(raw.as_bytes(), &msg, "10.0.0.5:4000", now)
-        {
-            AconOutcome::Answer(c, _) => c.wait().await.unwrap(),
-            AconOutcome::Rejected(_) => panic!("refused"),
+        let c = {
+            let mut conns = self.conns.lock().unwrap();
+            let n = conns.len() as u64 + 1;
+            conns
+                .entry(msg.id.clone())
+                .or_insert_with(|| conn(n))
+                .clone()
+        };
+        match self.hub.acon_message(raw.as_bytes(), &msg, &c, now) {
+            AconOutcome::Answer { commit, .. } => {
+                if let Some(c) = self.conns.lock().unwrap().get_mut(&msg.id) {
+                    c.holds = Some(msg.id.clone());
+                }
+                commit.wait().await.unwrap()
+            }
+            AconOutcome::Refused { why, .. } => panic!("refused: {why:?}"),
         }
     }
 
@@ -380,7 +406,8 @@ async fn events_reach_subscribers_only_after_their_unit_is_committed() {
     open.send(false).unwrap();
     let raw = BOARD.replace('\n', "\r\n");
     let msg = Message::parse(raw.as_bytes()).unwrap();
-    let AconOutcome::Answer(commit, _) = f.hub.acon_message(raw.as_bytes(), &msg, "p", T0) else {
+    let AconOutcome::Answer { commit, .. } = f.hub.acon_message(raw.as_bytes(), &msg, &conn(1), T0)
+    else {
         panic!("refused")
     };
     let mut commit = Box::pin(commit.wait());
@@ -418,9 +445,12 @@ async fn a_lagging_subscriber_is_told_and_slows_nothing() {
     for i in 0..(SUBSCRIBER_BUFFER / 2 + 100) {
         let text = format!("ACon_V1.0\r\nID={i}\r\nSEND=1\r\nCLOSE\r\n");
         let msg = Message::parse(text.as_bytes()).unwrap();
-        match f.hub.acon_message(text.as_bytes(), &msg, "p", T0) {
-            AconOutcome::Answer(c, _) => last = Some(c),
-            AconOutcome::Rejected(_) => panic!("refused"),
+        match f
+            .hub
+            .acon_message(text.as_bytes(), &msg, &conn(i as u64 + 1), T0)
+        {
+            AconOutcome::Answer { commit, .. } => last = Some(commit),
+            AconOutcome::Refused { why, .. } => panic!("refused: {why:?}"),
         }
     }
     last.unwrap().wait().await.unwrap();

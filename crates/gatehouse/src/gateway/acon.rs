@@ -5,20 +5,27 @@
 //! - A bad frame costs that frame only (an error event, no answer); the connection closes on
 //!   an oversized frame, too many bad frames in a row, an idle or slow peer, or shutdown.
 //! - At most `max_connections` connections; one more is accepted and closed at once.
+//! - A peer outside `--acon-allow` is closed at accept, before a byte is read; those closes
+//!   are counted, and logged at most once per [`REFUSED_LOG_EVERY`] with their number.
+//! - A connection the core refuses a frame of (see `core::acon`'s guards) gets no answer for
+//!   it and is closed; so is a connection a newer one from the same address took its board
+//!   from.
 //! - On shutdown, frames already received are answered before the connection closes.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use acon::{Decoder, DecoderError, Message};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Notify, Semaphore, watch};
 use tracing::{debug, info, warn};
 
+use crate::cidr::AllowList;
 use crate::clock::now_ms;
-use crate::core::{AconOutcome, Hub};
+use crate::core::{AconConn, AconOutcome, Hub};
 
 /// How long shutdown waits for bytes a board has already sent.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(100);
@@ -35,6 +42,70 @@ pub struct AconLimits {
     pub frame_timeout: Duration,
     /// Close a connection after this many malformed frames in a row.
     pub max_bad_frames: u32,
+    /// The networks boards may connect from (`--acon-allow`); `None`: anywhere.
+    pub allow: Option<AllowList>,
+}
+
+/// Connections closed at accept for being outside `--acon-allow` are logged at most once per
+/// this time, with their number.
+pub const REFUSED_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Counts events and says when one log line is due: the first, then at most one per period.
+struct LogEvery {
+    period: Duration,
+    last: Option<Instant>,
+    since: u64,
+}
+
+impl LogEvery {
+    fn new(period: Duration) -> LogEvery {
+        LogEvery {
+            period,
+            last: None,
+            since: 0,
+        }
+    }
+
+    /// Counts one; `Some(n)` when a line is due, `n` counting this one and those not logged
+    /// since the last line.
+    fn hit(&mut self, now: Instant) -> Option<u64> {
+        self.since += 1;
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < self.period)
+        {
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.since))
+    }
+}
+
+/// The open connections' close signals, for a newer connection that takes a board over.
+#[derive(Default)]
+struct Live(Mutex<HashMap<u64, Arc<Notify>>>);
+
+impl Live {
+    fn open(&self, id: u64) -> Arc<Notify> {
+        let n = Arc::new(Notify::new());
+        self.lock().insert(id, n.clone());
+        n
+    }
+
+    fn closed(&self, id: u64) {
+        self.lock().remove(&id);
+    }
+
+    /// Tells connection `id` to close (it closes at its next wait for bytes).
+    fn close(&self, id: u64) {
+        if let Some(n) = self.lock().get(&id) {
+            n.notify_one();
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Notify>>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// Accepts connections until `shutdown` turns true, then waits for the open ones to finish
@@ -47,6 +118,9 @@ pub async fn serve(
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let limits = Arc::new(limits);
+    let live = Arc::new(Live::default());
+    let mut not_allowed = LogEvery::new(REFUSED_LOG_EVERY);
+    let mut next_id = 0u64;
     let mut backoff = Duration::from_millis(5);
     loop {
         let accepted = tokio::select! {
@@ -66,15 +140,37 @@ pub async fn serve(
                 continue;
             }
         };
+        let ip = peer.ip().to_canonical();
+        if let Some(allow) = &limits.allow
+            && !allow.permits(ip)
+        {
+            drop(stream);
+            hub.stats.acon_not_allowed.fetch_add(1, Ordering::Relaxed);
+            if let Some(n) = not_allowed.hit(Instant::now()) {
+                warn!(%peer, closed = n, "connections from outside --acon-allow closed at accept (this one and those since the last such line)");
+            }
+            continue;
+        }
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             warn!(%peer, max = limits.max_connections, "connection refused: too many connections");
             drop(stream);
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let (hub, limits, shutdown) = (hub.clone(), limits.clone(), shutdown.clone());
+        next_id += 1;
+        let mut conn = AconConn {
+            id: next_id,
+            ip,
+            peer: peer.to_string(),
+            holds: None,
+        };
+        let (hub, limits, live, shutdown) =
+            (hub.clone(), limits.clone(), live.clone(), shutdown.clone());
         tokio::spawn(async move {
-            let reason = connection(stream, peer, &hub, &limits, shutdown).await;
+            let kill = live.open(conn.id);
+            let reason = connection(stream, &mut conn, &hub, &limits, &live, &kill, shutdown).await;
+            hub.acon_closed(&conn, now_ms());
+            live.closed(conn.id);
             debug!(%peer, reason, "connection closed");
             drop(permit);
         });
@@ -85,15 +181,18 @@ pub async fn serve(
     let _ = slots.acquire_many(total).await;
 }
 
-/// Serves one connection; returns why it ended.
+/// Serves one connection; returns why it ended. `kill` is notified when a newer connection
+/// took this one's board over.
 async fn connection(
     mut stream: TcpStream,
-    peer: SocketAddr,
+    conn: &mut AconConn,
     hub: &Hub,
     limits: &AconLimits,
+    live: &Live,
+    kill: &Notify,
     mut shutdown: watch::Receiver<bool>,
 ) -> &'static str {
-    let peer_s = peer.to_string();
+    let peer_s = conn.peer.clone();
     let mut decoder = Decoder::new(limits.max_frame);
     let mut out = Vec::new();
     let mut bad_in_row = 0u32;
@@ -108,16 +207,45 @@ async fn connection(
                 Ok(frame) => match Message::parse(&frame.bytes) {
                     Ok(msg) => {
                         bad_in_row = 0;
-                        match hub.acon_message(&frame.bytes, &msg, &peer_s, now) {
-                            AconOutcome::Answer(commit, answer) => {
+                        match hub.acon_message(&frame.bytes, &msg, conn, now) {
+                            AconOutcome::Answer {
+                                commit,
+                                answer,
+                                displaced,
+                            } => {
+                                if let Some(old) = displaced {
+                                    live.close(old);
+                                }
+                                if conn.holds.is_none() {
+                                    conn.holds = Some(msg.id.clone());
+                                }
                                 pending.push((commit, msg.id, msg.send, answer))
                             }
-                            AconOutcome::Rejected(commit) => {
+                            AconOutcome::Refused { commit, why } => {
+                                // Answers already due on this connection go out first.
+                                for (commit, _, _, answer) in pending.drain(..) {
+                                    if commit.wait().await.is_ok() {
+                                        out.extend_from_slice(&answer);
+                                    }
+                                }
+                                if !out.is_empty() {
+                                    let _ = tokio::time::timeout(
+                                        limits.frame_timeout,
+                                        stream.write_all(&out),
+                                    )
+                                    .await;
+                                }
+                                // Events of refusals are rate-limited; so is this line.
+                                let logged = commit.is_some();
                                 if let Some(commit) = commit {
                                     let _ = commit.wait().await;
                                 }
-                                info!(peer = %peer_s, device = %msg.id, "unknown board refused (policy reject)");
-                                return "unknown board refused";
+                                if logged {
+                                    info!(peer = %peer_s, device = %msg.id, reason = why.reason(), "frame refused; connection closed");
+                                } else {
+                                    debug!(peer = %peer_s, device = %msg.id, reason = why.reason(), "frame refused; connection closed");
+                                }
+                                return why.reason();
                             }
                         }
                     }
@@ -187,6 +315,10 @@ async fn connection(
         let read = tokio::select! {
             r = tokio::time::timeout(wait, stream.read_buf(buf)) => Some(r),
             _ = shutdown.wait_for(|&s| s) => None,
+            _ = kill.notified() => {
+                debug!(peer = %peer_s, "a newer connection from the same address took the board over");
+                return "board taken over by a newer connection from the same address";
+            }
         };
         let Some(read) = read else {
             // What the board has already sent is in flight: take it, answer it, then close

@@ -1,4 +1,5 @@
-//! Board routes: a board's page, its cells, engage/release, reset, block/unblock.
+//! Board routes: a board's page, its cells, engage/release, reset, block/unblock, the networks
+//! it may connect from.
 
 use axum::Router;
 use axum::body::Bytes;
@@ -10,9 +11,11 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{ADMIN, ApiError, ApiResult, AppState, body, ok, opt_time, page_json};
+use crate::cidr::Net;
 use crate::clock::{now_ms, parse_rfc3339, rfc3339};
 use crate::core::{
-    BoardSnapshot, CellSnapshot, Command, EngageRequest, EngagedSnapshot, Outcome, RegisterRequest,
+    BoardSnapshot, CellSnapshot, Command, EngageRequest, EngagedSnapshot, NetworkChoice, Outcome,
+    RegisterRequest,
 };
 
 pub(super) fn routes() -> Router<AppState> {
@@ -26,6 +29,7 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/api/devices/acon/{id}/reset", post(reset_board))
         .route("/api/devices/acon/{id}/block", post(block_board))
         .route("/api/devices/acon/{id}/unblock", post(unblock_board))
+        .route("/api/devices/acon/{id}/peers", post(accept_network))
 }
 
 pub(super) fn no_board(id: &str) -> ApiError {
@@ -47,6 +51,15 @@ fn board_json(b: &BoardSnapshot) -> Value {
                 "peer": b.reported.peer,
                 "last_send": b.reported.last_send,
                 "reboots": b.reported.reboots,
+            },
+            "peers": {
+                "connected": b.held_by,
+                "networks": b.networks.iter().map(Net::to_string).collect::<Vec<_>>(),
+                "pending": b.pending_network.as_ref().map(|p| json!({
+                    "network": p.network.to_string(),
+                    "peer": p.peer,
+                    "refused_at": rfc3339(p.at),
+                })),
             },
         }),
     )
@@ -218,4 +231,60 @@ async fn block_board(State(s): State<AppState>, Path(id): Path<String>) -> ApiRe
 
 async fn unblock_board(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult {
     board_command(&s, Command::Block { id, blocked: false }).await
+}
+
+/// The body of `POST …/peers`: `{"network": "10.1.2.0/24"}` or `{"accept_pending": true}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PeersBody {
+    network: Option<Value>,
+    accept_pending: Option<Value>,
+}
+
+async fn accept_network(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    bytes: Bytes,
+) -> ApiResult {
+    let b: PeersBody = body(&bytes)?;
+    let network = match b.network {
+        None | Some(Value::Null) => None,
+        Some(Value::String(n)) => Some(
+            n.parse::<Net>()
+                .map_err(|e| ApiError::field("network", format!("network: {e}")))?,
+        ),
+        Some(_) => {
+            return Err(ApiError::field(
+                "network",
+                "network: must be a string, e.g. \"10.1.2.0/24\"",
+            ));
+        }
+    };
+    let pending = match b.accept_pending {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => false,
+        Some(Value::Bool(true)) => true,
+        Some(_) => {
+            return Err(ApiError::field(
+                "accept_pending",
+                "accept_pending: must be true or false",
+            ));
+        }
+    };
+    let network = match (network, pending) {
+        (Some(n), false) => NetworkChoice::Network(n),
+        (None, true) => NetworkChoice::Pending,
+        (Some(_), true) => {
+            return Err(ApiError::field(
+                "network",
+                "network: give a network or accept_pending, not both",
+            ));
+        }
+        (None, false) => {
+            return Err(ApiError::field(
+                "body",
+                "give {\"network\": \"10.1.2.0/24\"} or {\"accept_pending\": true}",
+            ));
+        }
+    };
+    board_command(&s, Command::AcceptNetwork { id, network }).await
 }

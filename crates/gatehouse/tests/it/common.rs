@@ -29,6 +29,8 @@ pub fn settings(dir: &std::path::Path) -> Settings {
             code_length: 4,
             ping_interval_ms: 10_000,
             skaben_keepalive_ms: 60_000,
+            acon_pin_peers: false,
+            acon_max_new_boards_per_min: 60,
         },
         acon: AconLimits {
             max_frame: 64 * 1024,
@@ -36,6 +38,7 @@ pub fn settings(dir: &std::path::Path) -> Settings {
             idle_timeout: Duration::from_secs(60),
             frame_timeout: Duration::from_secs(10),
             max_bad_frames: 10,
+            allow: None,
         },
         mqtt: MqttSettings::Embedded {
             listen: "127.0.0.1:0".into(),
@@ -141,6 +144,19 @@ pub struct Board {
 impl Board {
     pub async fn connect(addr: std::net::SocketAddr) -> Board {
         let stream = TcpStream::connect(addr).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        Board {
+            stream,
+            decoder: Decoder::default(),
+        }
+    }
+
+    /// A board whose socket is bound to `local` before connecting (on Linux any 127.x.y.z
+    /// is a loopback address), to play boards at several addresses.
+    pub async fn connect_from(addr: std::net::SocketAddr, local: &str) -> Board {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{local}:0").parse().unwrap()).unwrap();
+        let stream = socket.connect(addr).await.unwrap();
         stream.set_nodelay(true).unwrap();
         Board {
             stream,

@@ -316,6 +316,8 @@ mod tests {
             code_length: 4,
             ping_interval_ms: 10_000,
             skaben_keepalive_ms: 60_000,
+            acon_pin_peers: false,
+            acon_max_new_boards_per_min: 60,
         };
         // Task ids start at 1000.
         let mut st = State::new(cfg, 1000);
