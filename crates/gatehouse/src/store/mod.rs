@@ -140,6 +140,52 @@ pub struct EventFilter {
     pub limit: u32,
 }
 
+/// A latency histogram, Prometheus-style: cumulative counts per upper bound (seconds), the sum
+/// of all observations and their number.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Histogram {
+    /// `(upper bound in seconds, observations ≤ it)`, ascending; `+Inf` is `count`.
+    pub buckets: Vec<(f64, u64)>,
+    pub sum_seconds: f64,
+    pub count: u64,
+}
+
+/// How the store is doing: for `/readyz`, `/metrics` and `/api/stats`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoreHealth {
+    /// Units are being committed durably. `false` once a commit failed (until one succeeds)
+    /// or the database file is gone or replaced (until restart).
+    pub writable: bool,
+    /// Why not, naming the path, for logs and `/readyz`.
+    pub problem: Option<String>,
+    /// Units that failed to commit since start.
+    pub failures: u64,
+    /// Units waiting for the writer.
+    pub queue_depth: u64,
+    /// The database on disk (main file + WAL), bytes.
+    pub db_bytes: u64,
+    /// Time from a unit's submission to its commit.
+    pub commit_latency: Histogram,
+    /// Rows removed by retention since start.
+    pub retention_removed_messages: u64,
+    pub retention_removed_events: u64,
+}
+
+impl Default for StoreHealth {
+    fn default() -> Self {
+        StoreHealth {
+            writable: true,
+            problem: None,
+            failures: 0,
+            queue_depth: 0,
+            db_bytes: 0,
+            commit_latency: Histogram::default(),
+            retention_removed_messages: 0,
+            retention_removed_events: 0,
+        }
+    }
+}
+
 /// Resolves when a submitted unit is durable (or failed).
 pub struct Commit(oneshot::Receiver<StoreResult<()>>);
 
@@ -181,6 +227,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Events matching the filter, newest first.
     fn events(&self, filter: EventFilter) -> StoreFuture<'_, Vec<StoredEvent>>;
+
+    /// How the store is doing (cheap: counters and the last check, no I/O on the caller's
+    /// thread).
+    fn health(&self) -> StoreHealth {
+        StoreHealth::default()
+    }
 
     /// Applies everything submitted so far and closes. Later submits fail with `Closed`.
     fn close(&self) -> StoreFuture<'_, ()>;
