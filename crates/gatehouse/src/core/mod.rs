@@ -124,9 +124,143 @@ pub struct Stats {
     pub mqtt_refused_logins: AtomicU64,
     pub mqtt_refused_publishes: AtomicU64,
     pub mqtt_refused_subscribes: AtomicU64,
+    /// Gauges: connections open now, per listener (kept by the gateways and `http`).
+    pub acon_connections: AtomicU64,
+    pub mqtt_connections: AtomicU64,
+    pub http_connections: AtomicU64,
+}
+
+/// Whether a [`Stats`] entry only grows (a Prometheus counter) or goes up and down (a gauge).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatKind {
+    Counter,
+    Gauge,
 }
 
 impl Stats {
+    /// Every counter and gauge: `(name, kind, help, value)`. `/api/stats` and `/metrics`
+    /// render this list, so a new counter is added here once and shows in both.
+    pub fn entries(&self) -> Vec<(&'static str, StatKind, &'static str, u64)> {
+        use StatKind::{Counter, Gauge};
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        vec![
+            (
+                "acon_messages",
+                Counter,
+                "ACon messages recorded and answered",
+                n(&self.acon_messages),
+            ),
+            (
+                "acon_malformed",
+                Counter,
+                "ACon frames that were not valid messages",
+                n(&self.acon_malformed),
+            ),
+            (
+                "acon_rejected",
+                Counter,
+                "ACon frames of unknown boards refused (--unknown-devices reject)",
+                n(&self.acon_rejected),
+            ),
+            (
+                "acon_not_allowed",
+                Counter,
+                "ACon connections closed at accept: outside --acon-allow",
+                n(&self.acon_not_allowed),
+            ),
+            (
+                "acon_id_conflicts",
+                Counter,
+                "ACon frames refused: another connection holds the board",
+                n(&self.acon_id_conflicts),
+            ),
+            (
+                "acon_peer_refused",
+                Counter,
+                "ACon frames refused from a network the board has not used (--acon-pin-peers)",
+                n(&self.acon_peer_refused),
+            ),
+            (
+                "acon_registrations_capped",
+                Counter,
+                "new ACon boards refused over --acon-max-new-boards-per-min",
+                n(&self.acon_registrations_capped),
+            ),
+            (
+                "store_failures",
+                Counter,
+                "store units that failed to commit",
+                n(&self.store_failures),
+            ),
+            (
+                "skaben_packets",
+                Counter,
+                "SKABEN packets recorded",
+                n(&self.skaben_packets),
+            ),
+            (
+                "skaben_malformed",
+                Counter,
+                "SKABEN packets that did not parse",
+                n(&self.skaben_malformed),
+            ),
+            (
+                "skaben_rejected",
+                Counter,
+                "SKABEN packets of unknown devices or types refused",
+                n(&self.skaben_rejected),
+            ),
+            (
+                "skaben_cups_sent",
+                Counter,
+                "SKABEN config pushes (CUP) sent",
+                n(&self.skaben_cups_sent),
+            ),
+            (
+                "skaben_publish_failures",
+                Counter,
+                "publishes to devices that could not be queued",
+                n(&self.skaben_publish_failures),
+            ),
+            (
+                "mqtt_refused_logins",
+                Counter,
+                "MQTT logins refused",
+                n(&self.mqtt_refused_logins),
+            ),
+            (
+                "mqtt_refused_publishes",
+                Counter,
+                "MQTT publishes refused by the topic rules",
+                n(&self.mqtt_refused_publishes),
+            ),
+            (
+                "mqtt_refused_subscribes",
+                Counter,
+                "MQTT subscriptions refused by the topic rules",
+                n(&self.mqtt_refused_subscribes),
+            ),
+            (
+                "acon_connections",
+                Gauge,
+                "ACon connections open",
+                n(&self.acon_connections),
+            ),
+            (
+                "mqtt_connections",
+                Gauge,
+                "MQTT clients connected to the embedded broker",
+                n(&self.mqtt_connections),
+            ),
+            (
+                "http_connections",
+                Gauge,
+                "HTTP connections open",
+                n(&self.http_connections),
+            ),
+        ]
+    }
+
     fn add(&self, c: &Counts) {
         for (stat, n) in [
             (&self.acon_messages, c.acon_messages),
