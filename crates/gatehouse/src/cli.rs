@@ -203,6 +203,31 @@ pub struct ServeArgs {
     )]
     pub acon_max_new_boards_per_min: u32,
 
+    /// Messages per second one ACon board may send, with bursts of twice that (0: no limit).
+    /// A board over it gets no answer, its connection is closed, and a `rate_limited` event
+    /// is written (at most one a minute). Real boards send one every few seconds.
+    #[arg(long, env = "GATEHOUSE_ACON_MAX_MESSAGES_PER_SEC", default_value = "20", value_name = "N",
+          value_parser = parse_rate)]
+    pub acon_max_messages_per_sec: f64,
+
+    /// Packets per second one SKABEN device may send, with bursts of twice that (0: no
+    /// limit). Packets over it are refused unrecorded, with a `rate_limited` event at most
+    /// once a minute.
+    #[arg(long, env = "GATEHOUSE_SKABEN_MAX_PACKETS_PER_SEC", default_value = "50", value_name = "N",
+          value_parser = parse_rate)]
+    pub skaben_max_packets_per_sec: f64,
+
+    /// Largest SKABEN payload in bytes, unless the device's type sets `max_payload_bytes`
+    /// (0: the broker's packet limit, 256 KiB). A larger packet is refused unrecorded, with
+    /// a `payload_too_large` event at most once a minute.
+    #[arg(
+        long,
+        env = "GATEHOUSE_SKABEN_MAX_PAYLOAD_BYTES",
+        default_value = "8192",
+        value_name = "BYTES"
+    )]
+    pub skaben_max_payload_bytes: u32,
+
     /// Address of the embedded MQTT broker the SKABEN props connect to (port 0: any free port,
     /// logged at start). Not used with --mqtt-url.
     #[arg(
@@ -257,6 +282,13 @@ pub struct ServeArgs {
     pub log: String,
 }
 
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v >= 0.0 && v.is_finite() && v < 1e9 => Ok(v),
+        _ => Err(format!("{s:?} is not a rate: a number ≥ 0 (0: no limit)")),
+    }
+}
+
 fn parse_secs(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v > 0.0 && v.is_finite() && v < 1e9 => Ok(v),
@@ -289,6 +321,9 @@ impl ServeArgs {
                 skaben_keepalive_ms: (self.skaben_keepalive_secs * 1000.0) as i64,
                 acon_pin_peers: self.acon_pin_peers,
                 acon_max_new_boards_per_min: self.acon_max_new_boards_per_min,
+                acon_max_messages_per_sec: self.acon_max_messages_per_sec,
+                skaben_max_packets_per_sec: self.skaben_max_packets_per_sec,
+                skaben_max_payload_bytes: self.skaben_max_payload_bytes as usize,
             },
             mqtt: match &self.mqtt_url {
                 Some(url) => MqttSettings::External { url: url.clone() },

@@ -354,6 +354,8 @@ pub enum Refusal {
     NewNetwork,
     /// `--acon-max-new-boards-per-min` reached.
     RegistrationsCapped,
+    /// The board sends faster than `--acon-max-messages-per-sec`.
+    RateLimited,
     /// The store refused the record.
     NotRecorded,
 }
@@ -367,6 +369,7 @@ impl Refusal {
             Refusal::SecondBoard => "connection already holds another board",
             Refusal::NewNetwork => "board seen from a network it has not used (pinned peers)",
             Refusal::RegistrationsCapped => "new-board registrations capped this minute",
+            Refusal::RateLimited => "board over its message rate",
             Refusal::NotRecorded => "message not recorded",
         }
     }
@@ -575,6 +578,23 @@ impl State {
             Ok(c) => c,
             Err(why) => return Verdict::Refused(why),
         };
+        // Only frames of the connection that holds (or may take) the board spend its rate: a
+        // forger on another connection cannot use it up.
+        let rate = self.cfg.acon_max_messages_per_sec;
+        if !self.take_token(&key, rate, now) {
+            fx.counts.acon_rate_limited += 1;
+            self.limited(
+                fx,
+                &key,
+                "rate",
+                Event::RateLimited {
+                    command: None,
+                    limit_per_sec: rate,
+                    refused_since_last_event: 0,
+                },
+            );
+            return Verdict::Refused(Refusal::RateLimited);
+        }
         let fresh = !self.devices.contains_key(&key);
         if fresh {
             if let Err(why) = self.may_register(fx, &key, msg, conn) {

@@ -41,6 +41,9 @@ pub struct Counts {
     pub mqtt_refused_logins: u64,
     pub mqtt_refused_publishes: u64,
     pub mqtt_refused_subscribes: u64,
+    pub skaben_too_large: u64,
+    pub skaben_rate_limited: u64,
+    pub acon_rate_limited: u64,
 }
 
 /// What one change makes happen, collected while it runs.
@@ -140,7 +143,23 @@ pub struct State {
     pub(crate) next_task: u64,
     /// MQTT credentials by username.
     pub(crate) credentials: HashMap<String, super::access::Credential>,
+    /// Per device: the token bucket of its packet/message rate.
+    buckets: HashMap<String, Bucket>,
 }
+
+/// A token bucket: `tokens` left at time `at` (ms).
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: i64,
+}
+
+/// A device may send this many seconds' worth of its rate at once.
+const BURST_SECS: f64 = 2.0;
+/// ...and at least this many packets at once.
+const MIN_BURST: f64 = 10.0;
+/// Devices tracked for their rate before the memory restarts (every bucket full again).
+const BUCKETS_TRACKED: usize = 200_000;
 
 impl State {
     pub fn new(cfg: CoreConfig, now: i64) -> State {
@@ -154,6 +173,7 @@ impl State {
             broadcasts: HashMap::new(),
             next_task: u64::try_from(now).unwrap_or(1),
             credentials: HashMap::new(),
+            buckets: HashMap::new(),
         }
     }
 
@@ -210,6 +230,51 @@ impl State {
                 Some(0)
             }
         }
+    }
+
+    /// Takes one packet from `key`'s rate of `per_sec` (0: no limit); `false` when the device
+    /// is over it. A device may send `max(per_sec × 2 s, 10)` at once, then `per_sec`.
+    pub(crate) fn take_token(&mut self, key: &str, per_sec: f64, now: i64) -> bool {
+        if per_sec <= 0.0 {
+            return true;
+        }
+        let burst = (per_sec * BURST_SECS).max(MIN_BURST);
+        if self.buckets.len() >= BUCKETS_TRACKED && !self.buckets.contains_key(key) {
+            self.buckets.clear();
+        }
+        let b = self.buckets.entry(key.to_string()).or_insert(Bucket {
+            tokens: burst,
+            at: now,
+        });
+        let elapsed = (now - b.at).max(0) as f64 / 1000.0;
+        b.tokens = (b.tokens + elapsed * per_sec).min(burst);
+        b.at = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// A device's packet refused by a limit (`what`: `rate`, `size`): the event at most once a
+    /// minute per device and limit, with the refusals since the last one.
+    pub(crate) fn limited(&mut self, fx: &mut Effects, key: &str, what: &str, mut event: Event) {
+        let Some(since) = self.rejected_event_due(&format!("{what}:{key}"), fx.now) else {
+            return;
+        };
+        match &mut event {
+            Event::RateLimited {
+                refused_since_last_event,
+                ..
+            }
+            | Event::PayloadTooLarge {
+                refused_since_last_event,
+                ..
+            } => *refused_since_last_event = since,
+            _ => {}
+        }
+        fx.device_event(key, super::event::SERVER, event);
     }
 
     /// The silence after which a device is offline: a board's presence timeout, a prop's

@@ -28,6 +28,37 @@ pub struct VersionChange {
     pub to: i64,
 }
 
+/// The most of an INFO's datahold an event keeps, bytes of JSON.
+pub const INFO_KEPT: usize = 2048;
+
+impl Event {
+    /// An INFO event of `datahold`, kept whole up to [`INFO_KEPT`] bytes of JSON, else as an
+    /// excerpt (the events table must not grow with whatever a device sends).
+    pub fn info(datahold: Option<&Value>) -> Event {
+        let Some(v) = datahold else {
+            return Event::Info {
+                datahold: Value::Null,
+                truncated_from: None,
+            };
+        };
+        let text = v.to_string();
+        if text.len() <= INFO_KEPT {
+            return Event::Info {
+                datahold: v.clone(),
+                truncated_from: None,
+            };
+        }
+        let mut end = INFO_KEPT;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        Event::Info {
+            datahold: Value::String(format!("{}…", &text[..end])),
+            truncated_from: Some(text.len()),
+        }
+    }
+}
+
 /// What happened. Field names are the stored `data` keys; optional fields are left out when
 /// they do not apply (a board has a peer, a prop a topic).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -257,7 +288,11 @@ pub enum Event {
     },
     /// An INFO packet (`device` may be `<type>/all`).
     Info {
+        /// The packet's datahold; past [`INFO_KEPT`] bytes of JSON, a string holding the start
+        /// of it (and `truncated_from` says how long it was).
         datahold: Value,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        truncated_from: Option<usize>,
     },
     /// A SUP the server refused (not an object, or its result breaks the type's schema).
     SupRejected {
@@ -277,6 +312,27 @@ pub enum Event {
         #[serde(rename = "type")]
         def: DeviceType,
         config_changed: bool,
+    },
+
+    // ---- limits ----
+    /// A device's packets (a board's messages) were refused: it sent faster than its rate
+    /// (`--skaben-max-packets-per-sec`, `--acon-max-messages-per-sec`). At most one event per
+    /// device per minute, with the refusals since the last one. Refused packets are not
+    /// recorded; a board's connection is closed.
+    RateLimited {
+        /// The SKABEN command refused (none for a board).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        command: Option<String>,
+        limit_per_sec: f64,
+        refused_since_last_event: u64,
+    },
+    /// A SKABEN packet larger than its type's payload limit was refused unrecorded. At most
+    /// one event per device per minute, with the refusals since the last one.
+    PayloadTooLarge {
+        command: String,
+        bytes: usize,
+        limit: usize,
+        refused_since_last_event: u64,
     },
 
     // ---- who may talk to the broker ----

@@ -78,6 +78,12 @@ pub struct CoreConfig {
     pub acon_pin_peers: bool,
     /// New boards registered per minute at most; 0: no cap (`--acon-max-new-boards-per-min`).
     pub acon_max_new_boards_per_min: u32,
+    /// Messages per second one board may send (bursts of twice that); 0: no limit.
+    pub acon_max_messages_per_sec: f64,
+    /// Packets per second one SKABEN device may send (bursts of twice that); 0: no limit.
+    pub skaben_max_packets_per_sec: f64,
+    /// Largest SKABEN payload, bytes, unless the type says otherwise; 0: the broker's limit.
+    pub skaben_max_payload_bytes: usize,
 }
 
 /// Errors of changes, each mapped to an HTTP status by `http`.
@@ -124,6 +130,12 @@ pub struct Stats {
     pub mqtt_refused_logins: AtomicU64,
     pub mqtt_refused_publishes: AtomicU64,
     pub mqtt_refused_subscribes: AtomicU64,
+    /// SKABEN packets refused: larger than their type's payload limit.
+    pub skaben_too_large: AtomicU64,
+    /// SKABEN packets refused: their device is over its packet rate.
+    pub skaben_rate_limited: AtomicU64,
+    /// ACon frames refused: their board is over its message rate.
+    pub acon_rate_limited: AtomicU64,
     /// Gauges: connections open now, per listener (kept by the gateways and `http`).
     pub acon_connections: AtomicU64,
     pub mqtt_connections: AtomicU64,
@@ -241,6 +253,24 @@ impl Stats {
                 n(&self.mqtt_refused_subscribes),
             ),
             (
+                "skaben_too_large",
+                Counter,
+                "SKABEN packets refused: over the payload limit",
+                n(&self.skaben_too_large),
+            ),
+            (
+                "skaben_rate_limited",
+                Counter,
+                "SKABEN packets refused: the device is over its packet rate",
+                n(&self.skaben_rate_limited),
+            ),
+            (
+                "acon_rate_limited",
+                Counter,
+                "ACon frames refused: the board is over its message rate",
+                n(&self.acon_rate_limited),
+            ),
+            (
                 "acon_connections",
                 Gauge,
                 "ACon connections open",
@@ -276,6 +306,9 @@ impl Stats {
             (&self.mqtt_refused_logins, c.mqtt_refused_logins),
             (&self.mqtt_refused_publishes, c.mqtt_refused_publishes),
             (&self.mqtt_refused_subscribes, c.mqtt_refused_subscribes),
+            (&self.skaben_too_large, c.skaben_too_large),
+            (&self.skaben_rate_limited, c.skaben_rate_limited),
+            (&self.acon_rate_limited, c.acon_rate_limited),
         ] {
             if n > 0 {
                 stat.fetch_add(n, Ordering::Relaxed);

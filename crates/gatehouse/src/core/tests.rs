@@ -43,6 +43,9 @@ fn cfg() -> CoreConfig {
         acon_pin_peers: false,
         // Some tests register thousands of boards at once.
         acon_max_new_boards_per_min: 0,
+        acon_max_messages_per_sec: 0.0,
+        skaben_max_packets_per_sec: 0.0,
+        skaben_max_payload_bytes: 0,
     }
 }
 

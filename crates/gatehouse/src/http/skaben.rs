@@ -93,6 +93,7 @@ fn type_def_json(t: &DeviceType) -> serde_json::Map<String, Value> {
         "active": t.active,
         "profile": t.profile,
         "keepalive_secs": t.keepalive_secs,
+        "max_payload_bytes": t.max_payload_bytes,
         "config": t.config,
         "config_version": t.config_version,
         "config_hash": t.config_hash,

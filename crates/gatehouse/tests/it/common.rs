@@ -31,6 +31,11 @@ pub fn settings(dir: &std::path::Path) -> Settings {
             skaben_keepalive_ms: 60_000,
             acon_pin_peers: false,
             acon_max_new_boards_per_min: 60,
+            // No rate limits: the scenarios and the tools' tests send as fast as they can;
+            // the limits tests set them.
+            acon_max_messages_per_sec: 0.0,
+            skaben_max_packets_per_sec: 0.0,
+            skaben_max_payload_bytes: 8192,
         },
         acon: AconLimits {
             max_frame: 64 * 1024,

@@ -350,7 +350,7 @@ async fn sup_info_and_all(broker: Broker) {
     match next_event(&mut scenario, |e| matches!(e.event, Event::Info { .. })).await {
         RecordedEvent {
             device: Some(device),
-            event: Event::Info { datahold },
+            event: Event::Info { datahold, .. },
             ..
         } => {
             assert_eq!(device, format!("lock/{LOCK}"));

@@ -53,6 +53,10 @@ pub struct DeviceType {
     pub profile: ClientProfile,
     /// Silence after which a device of this type is offline; `None`: the server's setting.
     pub keepalive_secs: Option<f64>,
+    /// Largest payload a device of this type may send, bytes; `None`: the server's setting
+    /// (`--skaben-max-payload-bytes`). A larger packet is refused unrecorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_payload_bytes: Option<u32>,
     /// The type-level config: what devices without a config of their own get.
     pub config: Value,
     pub config_version: i64,
@@ -216,6 +220,7 @@ fn new_type(
         active: true,
         profile,
         keepalive_secs: None,
+        max_payload_bytes: None,
         config_hash: skaben::config_hash(&config),
         config,
         config_version: 1,
@@ -359,6 +364,9 @@ pub struct TypeUpdate {
     /// `null` goes back to the server's setting.
     #[serde(default, deserialize_with = "double_option")]
     pub keepalive_secs: Option<Option<f64>>,
+    /// `null` goes back to the server's setting.
+    #[serde(default, deserialize_with = "double_option")]
+    pub max_payload_bytes: Option<Option<u32>>,
     pub config: Option<Value>,
     /// `null` removes the schema.
     #[serde(default, deserialize_with = "double_option")]
@@ -700,6 +708,16 @@ impl State {
     }
 
     /// Refuses an unknown prop or type: counted, and a `rejected` event at most once a minute.
+    /// The payload limit of a type's devices (the server's for an unknown type).
+    fn payload_limit(&self, device_type: &str) -> Option<usize> {
+        let own = self
+            .types
+            .get(device_type)
+            .and_then(|t| t.def.max_payload_bytes);
+        let n = own.map_or(self.cfg.skaben_max_payload_bytes, |n| n as usize);
+        (n > 0).then_some(n)
+    }
+
     fn refuse_prop(&mut self, fx: &mut Effects, key: &str, topic: &str, reason: String) {
         fx.counts.skaben_rejected += 1;
         if let Some(since) = self.rejected_event_due(key, fx.now) {
@@ -771,6 +789,39 @@ impl State {
         };
         let durable = matches!(inbound.command, Command::Sup | Command::Info);
         fx.wait = durable;
+        if let Some(limit) = self.payload_limit(&inbound.device_type)
+            && raw.len() > limit
+        {
+            fx.wait = false;
+            fx.counts.skaben_too_large += 1;
+            self.limited(
+                fx,
+                key,
+                "size",
+                Event::PayloadTooLarge {
+                    command: inbound.command.as_str().to_string(),
+                    bytes: raw.len(),
+                    limit,
+                    refused_since_last_event: 0,
+                },
+            );
+            return false;
+        }
+        if !self.take_token(key, self.cfg.skaben_max_packets_per_sec, fx.now) {
+            fx.wait = false;
+            fx.counts.skaben_rate_limited += 1;
+            self.limited(
+                fx,
+                key,
+                "rate",
+                Event::RateLimited {
+                    command: Some(inbound.command.as_str().to_string()),
+                    limit_per_sec: self.cfg.skaben_max_packets_per_sec,
+                    refused_since_last_event: 0,
+                },
+            );
+            return false;
+        }
         if !self.types.contains_key(&inbound.device_type) {
             let reason = format!(
                 "unknown device type {:?}; add it with PUT /api/types/{}",
@@ -910,13 +961,7 @@ impl State {
                 }
                 entry.1 = true;
             }
-            Command::Info => fx.device_event(
-                key,
-                DEVICE,
-                Event::Info {
-                    datahold: payload.datahold.clone().unwrap_or(Value::Null),
-                },
-            ),
+            Command::Info => fx.device_event(key, DEVICE, Event::info(payload.datahold.as_ref())),
             Command::Pong | Command::Ack => {}
             Command::Sup | Command::Nack => fx.device_event(
                 key,
@@ -1260,6 +1305,20 @@ impl State {
         }
         if let Some(k) = upd.keepalive_secs {
             def.keepalive_secs = k;
+        }
+        if let Some(m) = upd.max_payload_bytes {
+            if let Some(n) = m
+                && !(64..=crate::gateway::broker::MAX_PACKET_SIZE as u32).contains(&n)
+            {
+                return Err(invalid(
+                    "max_payload_bytes",
+                    format!(
+                        "must be 64 to {} bytes (the broker's packet limit), or null for the server's setting",
+                        crate::gateway::broker::MAX_PACKET_SIZE
+                    ),
+                ));
+            }
+            def.max_payload_bytes = m;
         }
         if let Some(s) = upd.schema {
             def.schema = s;

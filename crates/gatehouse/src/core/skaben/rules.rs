@@ -200,9 +200,7 @@ fn merge_sup(prop: &mut PropState, ty: &TypeEntry, p: &Packet) -> Result<Option<
 
 /// INFO: something happened on the device (a code typed, a hack failed).
 pub fn info(p: &Packet, d: &mut Decision) {
-    d.events.push(Event::Info {
-        datahold: p.payload.datahold.clone().unwrap_or(Value::Null),
-    });
+    d.events.push(Event::info(p.payload.datahold.as_ref()));
 }
 
 /// ACK: the device applied a CUP.
@@ -318,6 +316,9 @@ mod tests {
             skaben_keepalive_ms: 60_000,
             acon_pin_peers: false,
             acon_max_new_boards_per_min: 60,
+            acon_max_messages_per_sec: 20.0,
+            skaben_max_packets_per_sec: 50.0,
+            skaben_max_payload_bytes: 8192,
         };
         // Task ids start at 1000.
         let mut st = State::new(cfg, 1000);
