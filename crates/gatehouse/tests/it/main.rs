@@ -7,5 +7,6 @@ mod config;
 mod durability;
 mod mqtt_access;
 mod skaben;
+mod store;
 mod tools;
 mod vectors;
