@@ -43,6 +43,31 @@ pub enum Command {
     /// MQTT access for an external broker (`--mqtt-url`).
     #[command(subcommand)]
     Mqtt(MqttCommand),
+    /// Copy the database to FILE: a consistent snapshot, taken while the server runs (SQLite's
+    /// `VACUUM INTO` on a read-only connection; the server is not paused). Restore: stop the
+    /// server, put the copy in place as <data dir>/gatehouse.db, start it (README, "Backup and
+    /// restore").
+    Backup(BackupArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BackupArgs {
+    /// Where to write the copy (a new file; see --force).
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+
+    /// The server's data directory.
+    #[arg(
+        long,
+        env = "GATEHOUSE_DATA_DIR",
+        default_value = "./gatehouse-data",
+        value_name = "DIR"
+    )]
+    pub data_dir: PathBuf,
+
+    /// Replace FILE if it exists.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -272,6 +297,40 @@ pub struct ServeArgs {
           value_parser = parse_secs)]
     pub skaben_keepalive_secs: f64,
 
+    /// Keep messages this many days (fractions allowed: 0.5 is 12 hours); older ones are
+    /// removed, except each device's newest. 0: keep forever.
+    #[arg(long, env = "GATEHOUSE_RETAIN_MESSAGES_DAYS", default_value = "30", value_name = "DAYS",
+          value_parser = parse_days)]
+    pub retain_messages_days: f64,
+
+    /// Keep events (the audit log) this many days; 0: keep forever.
+    #[arg(long, env = "GATEHOUSE_RETAIN_EVENTS_DAYS", default_value = "365", value_name = "DAYS",
+          value_parser = parse_days)]
+    pub retain_events_days: f64,
+
+    /// Cap on the database's content in MB (10^6 bytes): past it the oldest messages are
+    /// removed, then — only if that is not enough — the oldest events. 0: no cap.
+    #[arg(
+        long,
+        env = "GATEHOUSE_MAX_DB_MB",
+        default_value = "0",
+        value_name = "MB"
+    )]
+    pub max_db_mb: u64,
+
+    /// Seconds between retention passes (for tests; the default suits a venue).
+    #[arg(long, env = "GATEHOUSE_RETENTION_INTERVAL_SECS", default_value = "60", value_name = "SECS",
+          value_parser = parse_secs, hide = true)]
+    pub retention_interval_secs: f64,
+
+    /// Start with a new, empty database even though the data directory was used before (its
+    /// lock file or admin token exists) and gatehouse.db is missing or empty. Without it such
+    /// a start is refused: the database was deleted or truncated; restore a backup instead.
+    #[arg(long, env = "GATEHOUSE_INIT", num_args = 0..=1, default_value = "false",
+          default_missing_value = "true", value_name = "BOOL",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub init: bool,
+
     /// Log filter (tracing's EnvFilter syntax: `info`, `gatehouse=debug`, …).
     #[arg(
         long,
@@ -294,6 +353,19 @@ fn parse_secs(s: &str) -> Result<f64, String> {
         Ok(v) if v > 0.0 && v.is_finite() && v < 1e9 => Ok(v),
         _ => Err(format!("{s:?} is not a positive number of seconds")),
     }
+}
+
+fn parse_days(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v >= 0.0 && v.is_finite() && v < 1e6 => Ok(v),
+        _ => Err(format!(
+            "{s:?} is not a number of days (0 or more; 0 keeps forever)"
+        )),
+    }
+}
+
+fn days(v: f64) -> Option<Duration> {
+    (v > 0.0).then(|| Duration::from_secs_f64(v * 86_400.0))
 }
 
 fn parse_allow(s: &str) -> Result<AllowList, String> {
@@ -339,6 +411,16 @@ impl ServeArgs {
                 frame_timeout: secs(self.acon_frame_timeout_secs),
                 max_bad_frames: self.acon_max_bad_frames,
                 allow: self.acon_allow.clone(),
+            },
+            store: crate::server::StoreSettings {
+                retention: crate::store::retention::Retention {
+                    messages_max_age: days(self.retain_messages_days),
+                    events_max_age: days(self.retain_events_days),
+                    max_db_bytes: (self.max_db_mb > 0)
+                        .then(|| self.max_db_mb.saturating_mul(1_000_000)),
+                    every: secs(self.retention_interval_secs),
+                },
+                init: self.init,
             },
         }
     }
@@ -462,5 +544,45 @@ mod tests {
         // A flag beats the file.
         let s = serve(&["--config", conf.to_str().unwrap(), "--acon-pin-peers=false"]);
         assert!(!s.core.acon_pin_peers);
+    }
+
+    #[test]
+    fn retention_and_init_from_flags_and_the_config_file() {
+        let s = serve(&[]);
+        let r = &s.store.retention;
+        assert_eq!(r.messages_max_age, Some(Duration::from_secs(30 * 86_400)));
+        assert_eq!(r.events_max_age, Some(Duration::from_secs(365 * 86_400)));
+        assert_eq!(r.max_db_bytes, None);
+        assert_eq!(r.every, Duration::from_secs(60));
+        assert!(!s.store.init);
+        let s = serve(&[
+            "--retain-messages-days",
+            "0.5",
+            "--retain-events-days",
+            "0",
+            "--max-db-mb",
+            "200",
+            "--init",
+        ]);
+        let r = &s.store.retention;
+        assert_eq!(r.messages_max_age, Some(Duration::from_secs(43_200)));
+        assert_eq!(r.events_max_age, None, "0 keeps forever");
+        assert_eq!(r.max_db_bytes, Some(200_000_000));
+        assert!(s.store.init);
+        let argv: Vec<OsString> = ["gatehouse", "serve", "--retain-messages-days", "-1"]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        assert!(Cli::command().try_get_matches_from(argv).is_err());
+
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("g.toml");
+        std::fs::write(&conf, "retain_messages_days = 7\nmax_db_mb = 50\n").unwrap();
+        let s = serve(&["--config", conf.to_str().unwrap()]);
+        assert_eq!(
+            s.store.retention.messages_max_age,
+            Some(Duration::from_secs(7 * 86_400))
+        );
+        assert_eq!(s.store.retention.max_db_bytes, Some(50_000_000));
     }
 }

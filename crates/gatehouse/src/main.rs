@@ -52,6 +52,7 @@ fn main() -> ExitCode {
                 gatehouse_tools::bench_skaben::run(args).await
             }
             Command::Mqtt(MqttCommand::Acl(args)) => mqtt_acl(&args),
+            Command::Backup(args) => backup(&args),
         }
     });
     match result {
@@ -88,6 +89,29 @@ fn mqtt_acl(args: &cli::AclArgs) -> anyhow::Result<()> {
     print!(
         "{}",
         gatehouse::core::access::mosquitto_acl(&args.server_user, &creds)
+    );
+    Ok(())
+}
+
+/// `gatehouse backup FILE`: a consistent copy of the database, the server running or not.
+fn backup(args: &cli::BackupArgs) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let db = args.data_dir.join("gatehouse.db");
+    let copied = gatehouse::store::sqlite::backup(&db, &args.file, args.force)
+        .with_context(|| format!("backing up {} to {}", db.display(), args.file.display()))?;
+    println!(
+        "copied {} to {}: {} bytes; {} devices, {} messages (newest {}), {} events, {} credentials, {} device types",
+        db.display(),
+        args.file.display(),
+        copied.bytes,
+        copied.devices,
+        copied.messages,
+        copied
+            .newest_message_at
+            .map_or("none".to_string(), gatehouse::clock::rfc3339),
+        copied.events,
+        copied.credentials,
+        copied.types,
     );
     Ok(())
 }

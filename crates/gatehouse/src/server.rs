@@ -33,6 +33,16 @@ pub struct Settings {
     pub core: CoreConfig,
     pub acon: AconLimits,
     pub mqtt: MqttSettings,
+    pub store: StoreSettings,
+}
+
+/// The store's settings: retention, and `--init`.
+#[derive(Debug, Clone, Default)]
+pub struct StoreSettings {
+    pub retention: crate::store::retention::Retention,
+    /// Start with a new, empty database even where the data directory shows there was one
+    /// (`--init`: see [`check_database_file`]).
+    pub init: bool,
 }
 
 /// How the core reaches the MQTT broker.
@@ -81,15 +91,34 @@ pub async fn start(s: Settings) -> anyhow::Result<Running> {
             s.data_dir.display()
         )
     })?;
+    // What the directory held before this start: a used one has a lock file.
+    let used_before = ["lock", "admin-token", "gatehouse.db-wal"]
+        .iter()
+        .map(|f| s.data_dir.join(f))
+        .find(|p| p.exists());
     let lock = lock_data_dir(&s.data_dir)?;
+    let db = s.data_dir.join("gatehouse.db");
+    check_database_file(&db, used_before.as_deref(), s.store.init)?;
     let admin_token = match &s.admin_token {
         Some(t) if t.trim().is_empty() => bail!("--admin-token / GATEHOUSE_ADMIN_TOKEN is empty"),
         Some(t) => t.trim().to_string(),
         None => admin_token_from_file(&s.data_dir)?,
     };
-    let db = s.data_dir.join("gatehouse.db");
     let store: Arc<dyn Store> = Arc::new(
-        SqliteStore::open(&db).with_context(|| format!("opening the store {}", db.display()))?,
+        SqliteStore::open_with(&db, s.store.retention.clone())
+            .with_context(|| format!("opening the store {}", db.display()))?,
+    );
+    let r = &s.store.retention;
+    let days = |d: Option<Duration>| {
+        d.map_or("forever".to_string(), |d| {
+            format!("{:.3} days", d.as_secs_f64() / 86_400.0)
+        })
+    };
+    info!(
+        messages = %days(r.messages_max_age),
+        events = %days(r.events_max_age),
+        max_db_mb = r.max_db_bytes.map_or(0, |b| b / 1_000_000),
+        "retention"
     );
     // The embedded broker is reached in-process; an external one through the MQTT client.
     let (broker, bus, connection): (Option<EmbeddedBroker>, Arc<dyn crate::bus::Bus>, Link) =
@@ -283,6 +312,57 @@ fn lock_data_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
             Err(e).with_context(|| format!("cannot lock {}", path.display()))
         }
     }
+}
+
+/// Refuses to start on a missing or zero-length `gatehouse.db` when the data directory was used
+/// before (`used_before`: its lock file, admin token or WAL existed before this start): the
+/// database was deleted or truncated, and starting would silently begin an empty history.
+/// `--init` starts a new, empty database there instead (a zero-length file and any stale
+/// `-wal`/`-shm` beside it are removed first). A new directory needs no flag.
+fn check_database_file(db: &Path, used_before: Option<&Path>, init: bool) -> anyhow::Result<()> {
+    let len = match std::fs::metadata(db) {
+        Ok(m) => Some(m.len()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", db.display())),
+    };
+    if len.is_some_and(|l| l > 0) {
+        return Ok(());
+    }
+    let Some(sign) = used_before else {
+        return Ok(()); // a new data directory
+    };
+    let what = if len.is_none() {
+        "missing"
+    } else {
+        "empty (0 bytes)"
+    };
+    if !init {
+        bail!(
+            "the database {} is {what}, but the data directory was used before ({} exists): \
+             the database was deleted or truncated. Restore it from a backup (README, \"Backup \
+             and restore\"), or start with --init / GATEHOUSE_INIT=true to begin a new, empty \
+             database there",
+            db.display(),
+            sign.display()
+        );
+    }
+    warn!(database = %db.display(), "--init: starting a new, empty database");
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = db.as_os_str().to_owned();
+        p.push(suffix);
+        let p = PathBuf::from(p);
+        if suffix.is_empty() && len.is_none() {
+            continue;
+        }
+        match std::fs::remove_file(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(e).with_context(|| format!("--init: cannot remove {}", p.display()));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The admin token from `<data dir>/admin-token`, generated (and printed once) on first start.

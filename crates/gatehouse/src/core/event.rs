@@ -215,6 +215,19 @@ pub enum Event {
         refused_since_last_event: u64,
     },
 
+    /// A retention pass removed old rows (`--retain-messages-days`, `--retain-events-days`,
+    /// `--max-db-mb`): at most one event per pass, server actor, about no device. Recorded by
+    /// the store's writer directly, so not delivered to [`crate::core::Hub::subscribe`].
+    RetentionPruned {
+        messages: u64,
+        events: u64,
+        /// RFC 3339: the `at` of the oldest and the newest row removed.
+        oldest_removed: Option<String>,
+        newest_removed: Option<String>,
+        /// `age`, `size` or `age and size`.
+        reason: String,
+    },
+
     // ---- ACon boards: operator changes (each bumps the desired version) ----
     CellEngaged {
         cell: u32,

@@ -121,7 +121,9 @@ pub struct Stats {
     pub acon_peer_refused: AtomicU64,
     /// New boards refused over `--acon-max-new-boards-per-min`.
     pub acon_registrations_capped: AtomicU64,
-    pub store_failures: AtomicU64,
+    /// Units that failed to commit: the store's own count (`Store::failure_counter`, also
+    /// `StoreHealth::failures`), shared.
+    pub store_failures: Arc<AtomicU64>,
     pub skaben_packets: AtomicU64,
     pub skaben_malformed: AtomicU64,
     pub skaben_rejected: AtomicU64,
@@ -474,13 +476,16 @@ impl Hub {
         let (events, _) = broadcast::channel(SUBSCRIBER_BUFFER);
         tokio::spawn(deliver(queue, events.clone()));
         Ok(Hub {
-            store,
             bus,
             cfg,
             state: Mutex::new(state),
             forward,
             events,
-            stats: Stats::default(),
+            stats: Stats {
+                store_failures: store.failure_counter(),
+                ..Stats::default()
+            },
+            store,
         })
     }
 

@@ -10,10 +10,14 @@
 //! Backends: SQLite ([`sqlite::SqliteStore`], the default, one file under the data directory).
 //! PostgreSQL follows behind the same trait.
 
+pub mod health;
+pub mod retention;
 pub mod sqlite;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use thiserror::Error;
 use tokio::sync::oneshot;
@@ -27,6 +31,9 @@ pub enum StoreError {
     Closed,
     #[error("stored record is corrupt: {0}")]
     Corrupt(String),
+    /// The database file is not one, or is damaged: refused at start.
+    #[error("{0}")]
+    Damaged(String),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -232,6 +239,12 @@ pub trait Store: Send + Sync + 'static {
     /// thread).
     fn health(&self) -> StoreHealth {
         StoreHealth::default()
+    }
+
+    /// The count of units that failed to commit, shared with the core's `Stats` (so
+    /// `store_failures` in `/api/stats` and `health().failures` are one number).
+    fn failure_counter(&self) -> Arc<AtomicU64> {
+        Arc::default()
     }
 
     /// Applies everything submitted so far and closes. Later submits fail with `Closed`.

@@ -16,17 +16,22 @@
 //! scanned to bring them up to date. A device's newest messages are its head and the chain.
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags, params};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
+use super::health::{FileWatch, Shared};
+use super::retention::{self, Pass, Retention};
 use super::{
     Commit, CredentialRecord, DeviceRecord, EventFilter, EventRecord, LoadedDevice, MessageRecord,
-    Store, StoreError, StoreFuture, StoreResult, StoredEvent, StoredMessage, TypeRecord, Write,
+    Store, StoreError, StoreFuture, StoreHealth, StoreResult, StoredEvent, StoredMessage,
+    TypeRecord, Write,
 };
 
 /// Most units in one transaction; more wait for the next one.
@@ -40,6 +45,20 @@ const SLOW_COMMIT: Duration = Duration::from_millis(100);
 
 /// How often the device heads are saved (see the module doc).
 const HEADS_EVERY: Duration = Duration::from_secs(1);
+
+/// How often the idle writer checks that the database file is still there and measures it
+/// (a busy writer checks the file before every commit).
+const CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// A problem with the store is logged at once, then at most this often while it lasts.
+const PROBLEM_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// The start-up integrity check (`PRAGMA quick_check`) is abandoned after this long: on a
+/// database of many gigabytes it would delay every start by minutes.
+const QUICK_CHECK_LIMIT: Duration = Duration::from_secs(10);
+
+/// The WAL is truncated back to this after a checkpoint (it can grow while a backup reads).
+const WAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
 
 /// Each device's newest message seq, shared by the writer (which advances it after each
 /// commit) and the readers.
@@ -110,30 +129,103 @@ const SCHEMA: &[&str] = &[
     ) WITHOUT ROWID;",
 ];
 
-fn db_err(e: rusqlite::Error) -> StoreError {
+pub(crate) fn db_err(e: rusqlite::Error) -> StoreError {
     StoreError::Db(e.to_string())
 }
 
 enum Request {
-    /// A unit of writes; `urgent` when somebody waits for its commit to answer.
-    Unit(Vec<Write>, oneshot::Sender<StoreResult<()>>, bool),
-    Close(oneshot::Sender<StoreResult<()>>),
+    /// A unit of writes; `urgent` when somebody waits for its commit to answer; when it was
+    /// submitted.
+    Unit(Vec<Write>, Done, bool, Instant),
+    Close(Done),
 }
 
 /// The SQLite backend. Cheap to share behind an `Arc`.
 pub struct SqliteStore {
-    tx: mpsc::UnboundedSender<Request>,
+    tx: mpsc::Sender<Request>,
     reader: Arc<Mutex<Connection>>,
     heads: Heads,
+    shared: Arc<Shared>,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
 
+/// What a damaged database is told to do.
+const RESTORE_HINT: &str = "gatehouse will not start on it. Restore the newest backup \
+    (README, \"Backup and restore\"), or move the file away to start with an empty database";
+
+/// Refuses a database that is not one or is damaged: SQLite's answer to the first read of the
+/// header, then `PRAGMA quick_check`, abandoned (with a warning) after [`QUICK_CHECK_LIMIT`].
+fn check_integrity(conn: &Connection, path: &Path) -> StoreResult<()> {
+    let damaged = |detail: String| {
+        StoreError::Damaged(format!(
+            "the database {} is damaged ({detail}); {RESTORE_HINT}",
+            path.display()
+        ))
+    };
+    let interrupt = conn.get_interrupt_handle();
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let timer = std::thread::spawn(move || {
+        if let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(QUICK_CHECK_LIMIT) {
+            interrupt.interrupt();
+        }
+    });
+    let t0 = Instant::now();
+    let result: rusqlite::Result<Vec<String>> =
+        conn.prepare("PRAGMA quick_check(20)").and_then(|mut stmt| {
+            stmt.query_map([], |r| r.get::<_, String>(0))?
+                .collect::<rusqlite::Result<Vec<String>>>()
+        });
+    let _ = stop.send(());
+    let _ = timer.join();
+    match result {
+        Ok(rows) if rows.len() == 1 && rows[0] == "ok" => Ok(()),
+        Ok(rows) => Err(damaged(rows.join("; "))),
+        Err(rusqlite::Error::SqliteFailure(f, _))
+            if f.code == rusqlite::ErrorCode::OperationInterrupted =>
+        {
+            tracing::warn!(
+                path = %path.display(),
+                after = ?t0.elapsed(),
+                "the start-up integrity check (quick_check) did not finish in time and was skipped; \
+                 check the database offline with `sqlite3 gatehouse.db 'PRAGMA integrity_check'` \
+                 while gatehouse is stopped"
+            );
+            Ok(())
+        }
+        Err(e) => Err(damaged(e.to_string())),
+    }
+}
+
 impl SqliteStore {
-    /// Opens (creating if needed) `path` and migrates it to the current schema.
+    /// Opens (creating if needed) `path` and migrates it to the current schema; keeps
+    /// everything (no retention).
     pub fn open(path: &Path) -> StoreResult<SqliteStore> {
+        Self::open_with(
+            path,
+            Retention {
+                messages_max_age: None,
+                events_max_age: None,
+                max_db_bytes: None,
+                every: Duration::from_secs(60),
+            },
+        )
+    }
+
+    /// Opens (creating if needed) `path`, refuses it if it is damaged, migrates it to the
+    /// current schema, and starts the writer with this retention.
+    pub fn open_with(path: &Path, retention: Retention) -> StoreResult<SqliteStore> {
         let mut conn = Connection::open(path)
             .map_err(|e| StoreError::Db(format!("cannot open database {}: {e}", path.display())))?;
+        // The first statement reads the header: a file that is not a database fails here.
         conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(|e| {
+                StoreError::Damaged(format!(
+                    "{} is not a readable SQLite database ({e}); {RESTORE_HINT}",
+                    path.display()
+                ))
+            })?;
+        check_integrity(&conn, path)?;
+        conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)
             .map_err(db_err)?;
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(db_err)?;
@@ -149,12 +241,27 @@ impl SqliteStore {
         reader
             .busy_timeout(std::time::Duration::from_secs(5))
             .map_err(db_err)?;
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel();
+        let shared = Arc::new(Shared::default());
+        let watch = FileWatch::new(path);
+        shared.db_bytes.store(watch.size(), Ordering::Relaxed);
+        let now = Instant::now();
         let writer = Writer {
             conn,
             heads: heads.clone(),
             dirty: lock_heads(&heads).keys().cloned().collect(),
-            last_saved: Instant::now(),
+            last_saved: now,
+            path: path.to_path_buf(),
+            shared: shared.clone(),
+            watch,
+            last_check: now,
+            problem_logged: None,
+            unlogged_failures: 0,
+            next_pass: (!retention.keeps_everything())
+                .then(|| now + retention.every.min(Duration::from_secs(5))),
+            retention,
+            pass: None,
+            next_step: now,
         };
         let writer = std::thread::Builder::new()
             .name("store-writer".into())
@@ -164,8 +271,22 @@ impl SqliteStore {
             tx,
             reader: Arc::new(Mutex::new(reader)),
             heads,
+            shared,
             writer: Mutex::new(Some(writer)),
         })
+    }
+
+    fn send(&self, writes: Vec<Write>, urgent: bool) -> Commit {
+        let (done, rx) = oneshot::channel();
+        self.shared.queue_depth.fetch_add(1, Ordering::Relaxed);
+        if let Err(mpsc::SendError(Request::Unit(_, done, _, _))) =
+            self.tx
+                .send(Request::Unit(writes, done, urgent, Instant::now()))
+        {
+            self.shared.queue_depth.fetch_sub(1, Ordering::Relaxed);
+            let _ = done.send(Err(StoreError::Closed));
+        }
+        Commit::new(rx)
     }
 
     async fn read<T: Send + 'static>(
@@ -217,6 +338,108 @@ pub fn credentials_at(path: &Path) -> StoreResult<Vec<CredentialRecord>> {
         return Ok(Vec::new());
     }
     read_credentials(&conn)
+}
+
+/// What `gatehouse backup` copied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackupSummary {
+    pub bytes: u64,
+    pub devices: u64,
+    pub messages: u64,
+    pub newest_message_at: Option<i64>,
+    pub events: u64,
+    pub credentials: u64,
+    pub types: u64,
+}
+
+/// Copies the database at `db` to `to`: a consistent snapshot (`VACUUM INTO` in one read
+/// transaction on a read-only connection, so a running server keeps writing beside it),
+/// checked (`quick_check`) and fsynced under a temporary name, then renamed into place. An
+/// existing `to` is refused unless `force`.
+pub fn backup(db: &Path, to: &Path, force: bool) -> StoreResult<BackupSummary> {
+    if !db.exists() {
+        return Err(StoreError::Db(format!(
+            "no database at {} (--data-dir): nothing to back up",
+            db.display()
+        )));
+    }
+    if to.exists() && !force {
+        return Err(StoreError::Db(format!(
+            "{} exists; choose another FILE or pass --force to replace it",
+            to.display()
+        )));
+    }
+    let name = to
+        .file_name()
+        .ok_or_else(|| StoreError::Db(format!("{} is not a file name", to.display())))?;
+    let dir = match to.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".partial-{}", std::process::id()));
+    let tmp = dir.join(tmp_name);
+    let tmp_str = tmp.to_str().ok_or_else(|| {
+        StoreError::Db(format!(
+            "{} is not valid UTF-8; choose another FILE",
+            tmp.display()
+        ))
+    })?;
+    let _ = std::fs::remove_file(&tmp);
+    let result = (|| {
+        let conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|e| StoreError::Db(format!("cannot open {}: {e}", db.display())))?;
+        conn.busy_timeout(Duration::from_secs(10)).map_err(db_err)?;
+        conn.execute("VACUUM INTO ?1", [tmp_str])
+            .map_err(|e| StoreError::Db(format!("cannot write {}: {e}", tmp.display())))?;
+        drop(conn);
+        let copy =
+            Connection::open_with_flags(&tmp, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(db_err)?;
+        let check: String = copy
+            .query_row("PRAGMA quick_check", [], |r| r.get(0))
+            .map_err(db_err)?;
+        if check != "ok" {
+            return Err(StoreError::Db(format!(
+                "the copy does not check out: {check}"
+            )));
+        }
+        let count = |sql: &str| -> u64 {
+            copy.query_row(sql, [], |r| r.get::<_, i64>(0))
+                .map(|n| u64::try_from(n).unwrap_or(0))
+                .unwrap_or(0)
+        };
+        let summary = BackupSummary {
+            bytes: std::fs::metadata(&tmp).map(|m| m.len()).unwrap_or(0),
+            devices: count("SELECT count(*) FROM devices"),
+            messages: count("SELECT count(*) FROM messages"),
+            newest_message_at: copy
+                .query_row(
+                    "SELECT at FROM messages ORDER BY seq DESC LIMIT 1",
+                    [],
+                    |r| r.get(0),
+                )
+                .ok(),
+            events: count("SELECT count(*) FROM events"),
+            credentials: count("SELECT count(*) FROM credentials"),
+            types: count("SELECT count(*) FROM device_types"),
+        };
+        drop(copy);
+        std::fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| StoreError::Db(format!("cannot sync {}: {e}", tmp.display())))?;
+        std::fs::rename(&tmp, to).map_err(|e| {
+            StoreError::Db(format!("cannot move the copy to {}: {e}", to.display()))
+        })?;
+        if let Ok(d) = std::fs::File::open(&dir) {
+            let _ = d.sync_all();
+        }
+        Ok(summary)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }
 
 fn migrate(conn: &mut Connection) -> StoreResult<()> {
@@ -285,60 +508,88 @@ struct Writer {
     /// Devices whose head moved since the heads were last saved.
     dirty: HashSet<String>,
     last_saved: Instant,
+    path: PathBuf,
+    shared: Arc<Shared>,
+    watch: FileWatch,
+    last_check: Instant,
+    /// When a store problem was last logged, and the failed units not logged since.
+    problem_logged: Option<Instant>,
+    unlogged_failures: u64,
+    retention: Retention,
+    /// When the next retention pass starts (`None`: no retention).
+    next_pass: Option<Instant>,
+    pass: Option<Pass>,
+    /// The earliest time for the pass's next step.
+    next_step: Instant,
 }
 
 type Done = oneshot::Sender<StoreResult<()>>;
 
+/// A unit taken from the queue: its writes, who waits, when it was submitted.
+type Queued = (Vec<Write>, Done, Instant);
+
 impl Writer {
-    fn run(mut self, mut rx: mpsc::UnboundedReceiver<Request>) {
-        let mut batch: Vec<(Vec<Write>, Done)> = Vec::new();
+    fn run(mut self, rx: mpsc::Receiver<Request>) {
+        let mut batch: Vec<Queued> = Vec::new();
         let mut close: Option<Done> = None;
-        while close.is_none() {
-            let Some(first) = rx.blocking_recv() else {
-                break;
+        loop {
+            // Wait for a unit, or for the next timer: the file check, a retention step.
+            let wait = self.next_timer().saturating_duration_since(Instant::now());
+            let first = match rx.recv_timeout(wait) {
+                Ok(r) => Some(r),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => break,
             };
-            let mut next = Some(first);
-            let mut urgent = false;
-            let mut gathered = false;
-            loop {
-                while let Some(req) = next.take() {
-                    match req {
-                        Request::Unit(w, done, u) => {
-                            urgent |= u;
-                            batch.push((w, done));
+            if let Some(first) = first {
+                let mut next = Some(first);
+                let mut urgent = false;
+                let mut gathered = false;
+                loop {
+                    while let Some(req) = next.take() {
+                        match req {
+                            Request::Unit(w, done, u, at) => {
+                                self.shared.queue_depth.fetch_sub(1, Ordering::Relaxed);
+                                urgent |= u;
+                                batch.push((w, done, at));
+                            }
+                            Request::Close(done) => {
+                                close = Some(done);
+                                break;
+                            }
                         }
-                        Request::Close(done) => {
-                            close = Some(done);
+                        if batch.len() >= MAX_BATCH {
                             break;
                         }
+                        next = rx.try_recv().ok();
                     }
-                    if batch.len() >= MAX_BATCH {
+                    // Nobody waits on these units (records of SKABEN packets): let a few more
+                    // milliseconds' worth join the transaction. Each commit rewrites the pages
+                    // it touches, so small commits cost far more CPU and disk per row.
+                    if urgent || gathered || close.is_some() || batch.len() >= MAX_BATCH {
                         break;
                     }
+                    gathered = true;
+                    std::thread::sleep(GATHER);
                     next = rx.try_recv().ok();
+                    if next.is_none() {
+                        break;
+                    }
                 }
-                // Nobody waits on these units (records of SKABEN packets): let a few more
-                // milliseconds' worth join the transaction. Each commit rewrites the pages it
-                // touches, so small commits cost far more CPU and disk per row.
-                if urgent || gathered || close.is_some() || batch.len() >= MAX_BATCH {
-                    break;
-                }
-                gathered = true;
-                std::thread::sleep(GATHER);
-                next = rx.try_recv().ok();
-                if next.is_none() {
+                self.commit(&mut batch);
+                if close.is_some() {
                     break;
                 }
             }
-            self.commit(&mut batch);
+            self.timers();
         }
-        // Close: nothing new is accepted; save the heads and flush the WAL into the main file.
-        rx.close();
+        // Close: nothing new is taken; save the heads and flush the WAL into the main file.
         while let Ok(req) = rx.try_recv() {
-            if let Request::Unit(w, done, _) = req {
-                batch.push((w, done));
+            if let Request::Unit(w, done, _, at) = req {
+                self.shared.queue_depth.fetch_sub(1, Ordering::Relaxed);
+                batch.push((w, done, at));
             }
         }
+        drop(rx);
         self.commit(&mut batch);
         let r = self
             .apply(std::iter::empty(), true)
@@ -353,29 +604,200 @@ impl Writer {
         }
     }
 
+    /// The next time [`Writer::timers`] has something to do.
+    fn next_timer(&self) -> Instant {
+        let mut t = self.last_check + CHECK_EVERY;
+        if self.pass.is_some() {
+            t = t.min(self.next_step);
+        } else if let Some(p) = self.next_pass {
+            t = t.min(p);
+        }
+        t
+    }
+
+    /// The file check and the store's size once a second; retention passes and their steps.
+    fn timers(&mut self) {
+        let now = Instant::now();
+        if now >= self.last_check + CHECK_EVERY {
+            self.last_check = now;
+            if let Some(p) = self.watch.check() {
+                self.file_lost(p);
+            }
+            self.shared
+                .db_bytes
+                .store(self.watch.size(), Ordering::Relaxed);
+        }
+        if self.shared.lost().is_some() {
+            return;
+        }
+        if self.pass.is_none() {
+            match self.next_pass {
+                Some(at) if now >= at => {
+                    self.next_pass = Some(now + self.retention.every);
+                    self.pass = Some(Pass::new(crate::clock::now_ms()));
+                    self.next_step = now;
+                }
+                _ => return,
+            }
+        }
+        if now < self.next_step {
+            return;
+        }
+        let Some(pass) = self.pass.as_mut() else {
+            return;
+        };
+        let heads = lock_heads(&self.heads).clone();
+        let t0 = Instant::now();
+        let r = pass.step(&mut self.conn, &self.retention, &heads);
+        // Four times the step's duration for other work before the next one.
+        self.next_step = Instant::now() + t0.elapsed() * 4;
+        match r {
+            Ok(None) => {}
+            Ok(Some(done)) => {
+                self.pass = None;
+                self.retention_done(done);
+            }
+            Err(e) => {
+                self.pass = None;
+                tracing::warn!(error = %e, path = %self.path.display(), "retention pass stopped; the next one starts in {:?}", self.retention.every);
+            }
+        }
+    }
+
+    fn retention_done(&mut self, done: retention::Outcome) {
+        self.shared
+            .removed_messages
+            .fetch_add(done.messages, Ordering::Relaxed);
+        self.shared
+            .removed_events
+            .fetch_add(done.events, Ordering::Relaxed);
+        if let Some(ev) = done.event {
+            tracing::info!(
+                messages = done.messages,
+                events = done.events,
+                data = %ev.data,
+                "retention removed old rows"
+            );
+            let (tx, _rx) = oneshot::channel();
+            let mut batch = vec![(vec![Write::Event(ev)], tx, Instant::now())];
+            self.commit(&mut batch);
+        }
+        if done.cap_unreachable {
+            tracing::warn!(
+                path = %self.path.display(),
+                max_db_bytes = ?self.retention.max_db_bytes,
+                "the database is over --max-db-mb with only the devices' newest messages, the \
+                 newest event and the device rows left: raise --max-db-mb"
+            );
+        }
+        self.shared
+            .db_bytes
+            .store(self.watch.size(), Ordering::Relaxed);
+    }
+
+    /// The file is gone or replaced: every commit fails from now on (until restart).
+    fn file_lost(&mut self, problem: String) {
+        if self.shared.set_lost(&problem) {
+            self.problem_logged = None;
+            self.log_problem(&problem, 0);
+        }
+    }
+
+    /// ERROR once, then at most once per [`PROBLEM_LOG_EVERY`] while it lasts.
+    fn log_problem(&mut self, problem: &str, failed: u64) {
+        self.unlogged_failures += failed;
+        if self
+            .problem_logged
+            .is_some_and(|t| t.elapsed() < PROBLEM_LOG_EVERY)
+        {
+            return;
+        }
+        self.problem_logged = Some(Instant::now());
+        tracing::error!(
+            path = %self.path.display(),
+            failed_units = self.unlogged_failures,
+            total_failed_units = self.shared.failures.load(Ordering::Relaxed),
+            "{problem}"
+        );
+        self.unlogged_failures = 0;
+    }
+
+    fn failed(&mut self, n: u64) {
+        self.shared.failures.fetch_add(n, Ordering::Relaxed);
+    }
+
     /// Applies a batch in one transaction and acknowledges every unit of it.
-    fn commit(&mut self, batch: &mut Vec<(Vec<Write>, Done)>) {
+    fn commit(&mut self, batch: &mut Vec<Queued>) {
         if batch.is_empty() {
             return;
         }
+        if let Some(p) = self.watch.check() {
+            self.file_lost(p);
+        }
+        if let Some(problem) = self.shared.lost() {
+            let n = batch.len() as u64;
+            self.failed(n);
+            self.log_problem(&problem, n);
+            for (_, done, _) in batch.drain(..) {
+                let _ = done.send(Err(StoreError::Db(problem.clone())));
+            }
+            return;
+        }
         let save_heads = self.last_saved.elapsed() >= HEADS_EVERY;
-        match self.apply(batch.iter().map(|(w, _)| w.as_slice()), save_heads) {
+        match self.apply(batch.iter().map(|(w, _, _)| w.as_slice()), save_heads) {
             Ok(()) => {
-                for (_, done) in batch.drain(..) {
+                for (_, done, at) in batch.drain(..) {
+                    self.shared.observe_commit(at.elapsed());
                     let _ = done.send(Ok(()));
                 }
+                self.recovered();
             }
             Err(e) => {
                 // One bad unit must not sink the others: retry each on its own.
-                tracing::error!(error = %e, units = batch.len(), "batch commit failed; retrying units one by one");
-                for (w, done) in batch.drain(..) {
+                tracing::debug!(error = %e, units = batch.len(), "batch commit failed; retrying units one by one");
+                let mut failed = 0;
+                let mut last_error = None;
+                for (w, done, at) in batch.drain(..) {
                     let r = self.apply(std::iter::once(w.as_slice()), false);
-                    if let Err(e) = &r {
-                        tracing::error!(error = %e, "unit not stored");
+                    match &r {
+                        Ok(()) => self.shared.observe_commit(at.elapsed()),
+                        Err(e) => {
+                            failed += 1;
+                            last_error = Some(e.to_string());
+                        }
                     }
                     let _ = done.send(r);
                 }
+                self.failed(failed);
+                match last_error {
+                    Some(e) => {
+                        let problem = format!(
+                            "writes to the database {} fail ({e}): units are not stored and not \
+                             answered. If the disk is full, free space: gatehouse resumes by itself \
+                             with the next write that succeeds",
+                            self.path.display()
+                        );
+                        if self.shared.set_failing(problem.clone()) {
+                            self.problem_logged = None;
+                        }
+                        self.log_problem(&problem, failed);
+                    }
+                    None => self.recovered(),
+                }
             }
+        }
+    }
+
+    /// A commit succeeded: if commits were failing, they no longer are.
+    fn recovered(&mut self) {
+        if self.shared.clear_failing() {
+            tracing::warn!(
+                path = %self.path.display(),
+                total_failed_units = self.shared.failures.load(Ordering::Relaxed),
+                "writes to the database succeed again"
+            );
+            self.problem_logged = None;
+            self.unlogged_failures = 0;
         }
     }
 
@@ -559,23 +981,19 @@ fn message_at(conn: &Connection, seq: i64) -> StoreResult<Option<StoredMessage>>
 
 impl Store for SqliteStore {
     fn submit(&self, writes: Vec<Write>) -> Commit {
-        let (done, rx) = oneshot::channel();
-        if let Err(mpsc::error::SendError(Request::Unit(_, done, _))) =
-            self.tx.send(Request::Unit(writes, done, true))
-        {
-            let _ = done.send(Err(StoreError::Closed));
-        }
-        Commit::new(rx)
+        self.send(writes, true)
     }
 
     fn submit_background(&self, writes: Vec<Write>) -> Commit {
-        let (done, rx) = oneshot::channel();
-        if let Err(mpsc::error::SendError(Request::Unit(_, done, _))) =
-            self.tx.send(Request::Unit(writes, done, false))
-        {
-            let _ = done.send(Err(StoreError::Closed));
-        }
-        Commit::new(rx)
+        self.send(writes, false)
+    }
+
+    fn health(&self) -> StoreHealth {
+        self.shared.snapshot()
+    }
+
+    fn failure_counter(&self) -> Arc<AtomicU64> {
+        self.shared.failures.clone()
     }
 
     fn load_devices(&self) -> StoreFuture<'_, Vec<LoadedDevice>> {
@@ -830,5 +1248,74 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(sends(&store, "acon/a", 2).await, [21, 20]);
+    }
+}
+
+#[cfg(test)]
+mod retention_tests {
+    use super::*;
+
+    fn message(device: &str, at: i64) -> Write {
+        Write::Message(MessageRecord {
+            device: device.into(),
+            at,
+            send: Some(at),
+            peer: "p".into(),
+            raw: "x".repeat(200),
+            parsed: "{}".into(),
+            answer: String::new(),
+        })
+    }
+
+    #[tokio::test]
+    async fn old_messages_go_but_each_devices_newest_stays_and_one_event_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.db");
+        let now = crate::clock::now_ms();
+        let old = now - 10 * 86_400_000;
+        let store = SqliteStore::open_with(
+            &path,
+            Retention {
+                messages_max_age: Some(Duration::from_secs(86_400)),
+                events_max_age: None,
+                max_db_bytes: None,
+                every: Duration::from_millis(100),
+            },
+        )
+        .unwrap();
+        let mut commits = Vec::new();
+        for i in 0..5000 {
+            commits.push(store.submit(vec![message("acon/a", old + i)]));
+        }
+        commits.push(store.submit(vec![message("acon/b", old)]));
+        for i in 0..10 {
+            commits.push(store.submit(vec![message("acon/a", now + i)]));
+        }
+        for c in commits {
+            c.wait().await.unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while store.health().retention_removed_messages < 5000 {
+            assert!(Instant::now() < deadline, "{:?}", store.health());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let h = store.health();
+        assert_eq!(h.retention_removed_messages, 5000);
+        assert!(h.writable);
+        let a = store.messages("acon/a".into(), 100).await.unwrap();
+        assert_eq!(a.len(), 10);
+        assert_eq!(a[0].record.at, now + 9);
+        let b = store.messages("acon/b".into(), 100).await.unwrap();
+        assert_eq!(b.len(), 1, "a device's newest message stays");
+        let ev = store
+            .events(EventFilter {
+                device: None,
+                kind: Some("retention_pruned".into()),
+                limit: 10,
+            })
+            .await
+            .unwrap();
+        assert_eq!(ev.len(), 1, "{ev:?}");
+        store.close().await.unwrap();
     }
 }

@@ -50,6 +50,7 @@ pub fn settings(dir: &std::path::Path) -> Settings {
             // The scenarios' props connect anonymously; the access tests turn it on.
             auth: gatehouse::gateway::access::MqttAuth::Off,
         },
+        store: Default::default(),
     }
 }
 

@@ -8,5 +8,6 @@ mod durability;
 mod limits;
 mod mqtt_access;
 mod skaben;
+mod store;
 mod tools;
 mod vectors;
