@@ -15,6 +15,7 @@ use crate::core::{CoreConfig, UnknownPolicy};
 use crate::gateway::access::MqttAuth;
 use crate::gateway::acon::AconLimits;
 use crate::gateway::mqtt::MqttSettings;
+use crate::http::serve::HttpLimits;
 use crate::server::Settings;
 
 /// gatehouse: a server for the devices of a venue.
@@ -145,6 +146,35 @@ pub struct ServeArgs {
         value_name = "HOST:PORT"
     )]
     pub http_listen: String,
+
+    /// Also serve GET /metrics (Prometheus) here, WITHOUT the token: bind it to a private
+    /// address (loopback, the monitoring network). /metrics on --http-listen always needs the
+    /// token.
+    #[arg(long, env = "GATEHOUSE_METRICS_LISTEN", value_name = "HOST:PORT")]
+    pub metrics_listen: Option<String>,
+
+    /// Close an HTTP connection whose request headers are not complete this many seconds
+    /// after it opened or after its last answer (slow clients, and keep-alive connections
+    /// left idle).
+    #[arg(long, env = "GATEHOUSE_HTTP_HEADER_TIMEOUT_SECS", default_value = "10", value_name = "SECS",
+          value_parser = parse_secs)]
+    pub http_header_timeout_secs: f64,
+
+    /// Answer 503 to an HTTP request not finished this many seconds after its headers
+    /// (reading its body included).
+    #[arg(long, env = "GATEHOUSE_HTTP_REQUEST_TIMEOUT_SECS", default_value = "30", value_name = "SECS",
+          value_parser = parse_secs)]
+    pub http_request_timeout_secs: f64,
+
+    /// Most HTTP connections open at once (per listener); more are accepted and closed.
+    #[arg(long, env = "GATEHOUSE_HTTP_MAX_CONNECTIONS", default_value = "512", value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub http_max_connections: u32,
+
+    /// Most HTTP connections open at once from one address; more are accepted and closed.
+    #[arg(long, env = "GATEHOUSE_HTTP_MAX_CONNECTIONS_PER_ADDR", default_value = "64", value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub http_max_connections_per_addr: u32,
 
     /// Bearer token for the HTTP API. Default: generated on first start, stored in
     /// <data dir>/admin-token (mode 0600) and printed once.
@@ -384,6 +414,13 @@ impl ServeArgs {
             data_dir: self.data_dir.clone(),
             acon_listen: self.acon_listen.clone(),
             http_listen: self.http_listen.clone(),
+            metrics_listen: self.metrics_listen.clone(),
+            http: HttpLimits {
+                header_timeout: secs(self.http_header_timeout_secs),
+                request_timeout: secs(self.http_request_timeout_secs),
+                max_connections: self.http_max_connections as usize,
+                max_connections_per_addr: self.http_max_connections_per_addr as usize,
+            },
             admin_token: self.admin_token.clone(),
             core: CoreConfig {
                 unknown_devices: self.unknown_devices,

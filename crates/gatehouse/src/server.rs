@@ -19,7 +19,9 @@ use crate::gateway::access::MqttAuth;
 use crate::gateway::acon::AconLimits;
 use crate::gateway::broker::EmbeddedBroker;
 use crate::gateway::mqtt::MqttSettings;
-use crate::http::{AppState, app};
+use crate::http::health::{Readiness, WatchLink};
+use crate::http::serve::HttpLimits;
+use crate::http::{AppState, app, metrics_app};
 use crate::store::Store;
 use crate::store::sqlite::SqliteStore;
 
@@ -29,6 +31,9 @@ pub struct Settings {
     pub data_dir: PathBuf,
     pub acon_listen: String,
     pub http_listen: String,
+    /// `/metrics` without the token on its own listener (`--metrics-listen`).
+    pub metrics_listen: Option<String>,
+    pub http: HttpLimits,
     pub admin_token: Option<String>,
     pub core: CoreConfig,
     pub acon: AconLimits,
@@ -55,6 +60,8 @@ enum Link {
 pub struct Running {
     pub acon_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    /// The `--metrics-listen` listener's address.
+    pub metrics_addr: Option<SocketAddr>,
     /// The embedded MQTT broker's address (`None` with an external broker).
     pub mqtt_addr: Option<SocketAddr>,
     pub admin_token: String,
@@ -169,8 +176,16 @@ pub async fn start(s: Settings) -> anyhow::Result<Running> {
 
     let acon_listener = bind_tcp(&s.acon_listen, "--acon-listen / GATEHOUSE_ACON_LISTEN").await?;
     let http_listener = bind_tcp(&s.http_listen, "--http-listen / GATEHOUSE_HTTP_LISTEN").await?;
+    let metrics_listener = match &s.metrics_listen {
+        Some(a) => Some(bind_tcp(a, "--metrics-listen / GATEHOUSE_METRICS_LISTEN").await?),
+        None => None,
+    };
     let acon_addr = acon_listener.local_addr()?;
     let http_addr = http_listener.local_addr()?;
+    let metrics_addr = match &metrics_listener {
+        Some(l) => Some(l.local_addr()?),
+        None => None,
+    };
     match &s.acon.allow {
         Some(allow) => info!(%allow, "ACon boards accepted only from these networks"),
         None if crate::cidr::faces_public(acon_addr.ip()) => warn!(
@@ -184,6 +199,12 @@ pub async fn start(s: Settings) -> anyhow::Result<Running> {
     }
     info!(%acon_addr, "ACon listener ready");
     info!(%http_addr, "HTTP API ready");
+    if let Some(addr) = metrics_addr {
+        info!(%addr, "metrics listener ready (GET /metrics, no token)");
+        if crate::cidr::faces_public(addr.ip()) {
+            warn!(%addr, "--metrics-listen serves /metrics without a token on more than private networks; bind it to a private address");
+        }
+    }
     info!(data_dir = %s.data_dir.display(), devices = hub.list(None).len(), "store open");
 
     let (shutdown, rx) = watch::channel(false);
@@ -194,6 +215,10 @@ pub async fn start(s: Settings) -> anyhow::Result<Running> {
         s.acon.clone(),
         rx.clone(),
     )));
+    let ready = match &s.mqtt {
+        MqttSettings::Embedded { .. } => Readiness::embedded(),
+        MqttSettings::External { .. } => Readiness::external(),
+    };
     let state = AppState {
         hub: hub.clone(),
         admin_token: admin_token.clone().into(),
@@ -201,18 +226,26 @@ pub async fn start(s: Settings) -> anyhow::Result<Running> {
             MqttSettings::Embedded { auth, .. } => Some(*auth),
             MqttSettings::External { .. } => None,
         },
+        ready: ready.clone(),
     };
-    let mut http_rx = rx.clone();
-    tasks.push(tokio::spawn(async move {
-        let r = axum::serve(http_listener, app(state))
-            .with_graceful_shutdown(async move {
-                let _ = http_rx.wait_for(|&s| s).await;
-            })
-            .await;
-        if let Err(e) = r {
-            warn!(error = %e, "HTTP server stopped with an error");
-        }
-    }));
+    if let Some(l) = metrics_listener {
+        tasks.push(tokio::spawn(crate::http::serve::serve(
+            l,
+            metrics_app(state.clone()),
+            s.http.clone(),
+            hub.clone(),
+            "metrics",
+            rx.clone(),
+        )));
+    }
+    tasks.push(tokio::spawn(crate::http::serve::serve(
+        http_listener,
+        app(state),
+        s.http.clone(),
+        hub.clone(),
+        "HTTP API",
+        rx.clone(),
+    )));
     tasks.push(tokio::spawn(presence_sweeper(hub.clone(), rx.clone())));
     // PING to every active SKABEN type every `ping_interval`.
     let ping_every = Duration::from_millis(
@@ -237,7 +270,10 @@ pub async fn start(s: Settings) -> anyhow::Result<Running> {
             std::future::ready(())
         },
     )));
-    let hub_for_mqtt: Arc<dyn crate::bus::PacketHandler> = hub.clone();
+    let hub_for_mqtt: Arc<dyn crate::bus::PacketHandler> = Arc::new(WatchLink {
+        inner: hub.clone(),
+        ready,
+    });
     tasks.push(tokio::spawn(async move {
         match connection {
             Link::InProcess(c) => c.run(hub_for_mqtt, rx).await,
@@ -249,6 +285,7 @@ pub async fn start(s: Settings) -> anyhow::Result<Running> {
         mqtt_addr,
         broker,
         http_addr,
+        metrics_addr,
         admin_token,
         hub,
         shutdown,

@@ -415,6 +415,10 @@ pub(crate) fn clip(raw: &[u8]) -> String {
     String::from_utf8_lossy(&raw[..raw.len().min(KEEP_RAW)]).into_owned()
 }
 
+/// The longest a cell can be engaged for: one year, in minutes (`minutes` and `expires_at`
+/// beyond it are refused, naming the field).
+pub const MAX_ENGAGE_MINUTES: i64 = 525_600;
+
 /// Body of `PUT /api/devices/acon/{id}/cells/{cell}`.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -1058,12 +1062,21 @@ impl State {
             }
             (None, None) => return Err(invalid("minutes", "required (or expires_at)")),
             (Some(m), None) if m < 1 => return Err(invalid("minutes", "must be at least 1")),
-            (Some(m), None) => {
-                let ms = m.checked_mul(60_000).and_then(|ms| now.checked_add(ms));
-                ms.ok_or_else(|| invalid("minutes", "too large"))?
+            (Some(m), None) if m > MAX_ENGAGE_MINUTES => {
+                return Err(invalid(
+                    "minutes",
+                    format!("must be at most {MAX_ENGAGE_MINUTES} (one year)"),
+                ));
             }
+            (Some(m), None) => now + m * 60_000,
             (None, Some(at)) if at <= now => {
                 return Err(invalid("expires_at", "must be in the future"));
+            }
+            (None, Some(at)) if at > now + MAX_ENGAGE_MINUTES * 60_000 => {
+                return Err(invalid(
+                    "expires_at",
+                    "must be at most one year (525600 minutes) from now",
+                ));
             }
             (None, Some(at)) => at,
         };

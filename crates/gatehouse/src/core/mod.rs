@@ -138,6 +138,17 @@ pub struct Stats {
     pub skaben_rate_limited: AtomicU64,
     /// ACon frames refused: their board is over its message rate.
     pub acon_rate_limited: AtomicU64,
+    /// HTTP connections closed at accept: `--http-max-connections` were open.
+    pub http_refused_full: AtomicU64,
+    /// HTTP connections closed at accept: `--http-max-connections-per-addr` were open from
+    /// the peer's address.
+    pub http_refused_per_addr: AtomicU64,
+    /// HTTP connections closed by the header deadline (`--http-header-timeout-secs`).
+    pub http_header_timeouts: AtomicU64,
+    /// HTTP requests answered 503 after `--http-request-timeout-secs`.
+    pub http_request_timeouts: AtomicU64,
+    /// Failed accepts on the HTTP listeners (e.g. out of file descriptors).
+    pub http_accept_errors: AtomicU64,
     /// Gauges: connections open now, per listener (kept by the gateways and `http`).
     pub acon_connections: AtomicU64,
     pub mqtt_connections: AtomicU64,
@@ -271,6 +282,36 @@ impl Stats {
                 Counter,
                 "ACon frames refused: the board is over its message rate",
                 n(&self.acon_rate_limited),
+            ),
+            (
+                "http_refused_full",
+                Counter,
+                "HTTP connections closed at accept: --http-max-connections were open",
+                n(&self.http_refused_full),
+            ),
+            (
+                "http_refused_per_addr",
+                Counter,
+                "HTTP connections closed at accept: --http-max-connections-per-addr were open from the address",
+                n(&self.http_refused_per_addr),
+            ),
+            (
+                "http_header_timeouts",
+                Counter,
+                "HTTP connections closed by the header deadline: a request's headers incomplete, or idle between requests, for --http-header-timeout-secs",
+                n(&self.http_header_timeouts),
+            ),
+            (
+                "http_request_timeouts",
+                Counter,
+                "HTTP requests answered 503 after --http-request-timeout-secs",
+                n(&self.http_request_timeouts),
+            ),
+            (
+                "http_accept_errors",
+                Counter,
+                "failed accepts on the HTTP listeners (e.g. out of file descriptors)",
+                n(&self.http_accept_errors),
             ),
             (
                 "acon_connections",
@@ -738,6 +779,19 @@ impl Hub {
     // ---- snapshots ----
 
     /// Every device, ordered by key, optionally of one kind.
+    /// SKABEN props with a config push not yet confirmed (one pass over the table, no
+    /// copies: for `/metrics`).
+    pub fn pending_pushes(&self) -> usize {
+        let st = self.lock();
+        st.devices
+            .values()
+            .filter(|d| {
+                d.prop()
+                    .is_some_and(|p| p.delivery.pending_push().is_some())
+            })
+            .count()
+    }
+
     pub fn list(&self, kind: Option<&str>) -> Vec<DeviceSummary> {
         let st = self.lock();
         let mut out: Vec<DeviceSummary> = st

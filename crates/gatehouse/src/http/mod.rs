@@ -9,7 +9,10 @@
 
 mod access;
 mod acon;
+pub mod health;
 mod history;
+pub mod metrics;
+pub mod serve;
 mod skaben;
 
 use std::sync::Arc;
@@ -37,21 +40,93 @@ pub struct AppState {
     pub admin_token: Arc<str>,
     /// The embedded broker's logins (`None` with an external broker).
     pub mqtt_auth: Option<crate::gateway::access::MqttAuth>,
+    /// Whether the MQTT side is up, for `/readyz` and `/metrics`.
+    pub ready: Arc<health::Readiness>,
 }
 
-/// The API router: one router per resource (boards, props and types, history), behind the
-/// Bearer check.
+/// The API router: `/healthz` and `/readyz` open to anyone; everything else (one router per
+/// resource: boards, props and types, history, credentials; `/metrics`) behind the Bearer
+/// check, and a body must be JSON.
 pub fn app(state: AppState) -> Router {
     let api = Router::new()
         .route("/api/devices", get(list_devices))
         .route("/api/stats", get(get_stats))
+        .route("/metrics", get(metrics::metrics))
         .merge(acon::routes())
         .merge(skaben::routes())
         .merge(history::routes())
         .merge(access::routes())
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") });
-    api.layer(middleware::from_fn_with_state(state.clone(), auth))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
+        .layer(middleware::from_fn(json_body))
+        .layer(middleware::from_fn_with_state(state.clone(), auth));
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .merge(api)
         .with_state(state)
+}
+
+/// The `--metrics-listen` router: `/metrics` only, without the token (bind it to a private
+/// address).
+pub fn metrics_app(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics::metrics))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
+        .with_state(state)
+}
+
+/// Whether a request carries a body (a length above 0, or a chunked one).
+fn has_body(req: &Request) -> bool {
+    let h = req.headers();
+    if h.contains_key(header::TRANSFER_ENCODING) {
+        return true;
+    }
+    h.get(header::CONTENT_LENGTH)
+        .is_some_and(|v| v.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()) != Some(0))
+}
+
+/// Whether `content_type` is JSON: `application/json` (for PATCH also
+/// `application/merge-patch+json`), with no parameter but `charset=utf-8`.
+fn is_json(content_type: &str, patch: bool) -> bool {
+    let mut parts = content_type.split(';');
+    let essence = parts.next().unwrap_or("").trim();
+    let type_ok = essence.eq_ignore_ascii_case("application/json")
+        || (patch && essence.eq_ignore_ascii_case("application/merge-patch+json"));
+    type_ok
+        && parts.all(|p| {
+            let p = p.trim();
+            p.is_empty()
+                || p.split_once('=').is_some_and(|(k, v)| {
+                    k.trim().eq_ignore_ascii_case("charset")
+                        && v.trim().trim_matches('"').eq_ignore_ascii_case("utf-8")
+                })
+        })
+}
+
+/// 415 for a request with a body that is not declared JSON. A request without a body needs
+/// no content type.
+async fn json_body(req: Request, next: Next) -> Response {
+    if has_body(&req) {
+        let patch = req.method() == axum::http::Method::PATCH;
+        let ct = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map(|v| v.to_str().unwrap_or("(not text)"));
+        if !ct.is_some_and(|ct| is_json(ct, patch)) {
+            let accepted = if patch {
+                "application/json or application/merge-patch+json"
+            } else {
+                "application/json"
+            };
+            let given = ct.map_or("none".to_string(), |c| format!("{c:?}"));
+            return ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("the body must be {accepted} (Content-Type: {given})"),
+            )
+            .into_response();
+        }
+    }
+    next.run(req).await
 }
 
 /// An error answer.
@@ -240,4 +315,33 @@ async fn get_stats(State(s): State<AppState>) -> ApiResult {
         ),
     );
     ok(Value::Object(m))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_json;
+
+    #[test]
+    fn json_content_types() {
+        for ct in [
+            "application/json",
+            "Application/JSON",
+            "application/json; charset=utf-8",
+            "application/json;charset=\"UTF-8\"",
+        ] {
+            assert!(is_json(ct, false), "{ct}");
+            assert!(is_json(ct, true), "{ct}");
+        }
+        assert!(is_json("application/merge-patch+json", true));
+        assert!(!is_json("application/merge-patch+json", false));
+        for ct in [
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "application/json; charset=latin1",
+            "application/jsonx",
+            "",
+        ] {
+            assert!(!is_json(ct, true), "{ct}");
+        }
+    }
 }

@@ -200,6 +200,7 @@ async fn bad_engage_requests_say_which_field() {
         .http
         .put(s.url("/api/devices/acon/9/cells/1"))
         .bearer_auth(TOKEN)
+        .header("content-type", "application/json")
         .body("{not json")
         .send()
         .await

@@ -22,6 +22,8 @@ pub fn settings(dir: &std::path::Path) -> Settings {
         data_dir: dir.to_path_buf(),
         acon_listen: "127.0.0.1:0".into(),
         http_listen: "127.0.0.1:0".into(),
+        metrics_listen: None,
+        http: gatehouse::http::serve::HttpLimits::default(),
         admin_token: Some(TOKEN.into()),
         core: CoreConfig {
             unknown_devices: UnknownPolicy::Register,
