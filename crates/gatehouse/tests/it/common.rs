@@ -35,6 +35,7 @@ pub fn settings(dir: &std::path::Path) -> Settings {
         acon: AconLimits {
             max_frame: 64 * 1024,
             max_connections: 1000,
+            max_connections_per_addr: 1000,
             idle_timeout: Duration::from_secs(60),
             frame_timeout: Duration::from_secs(10),
             max_bad_frames: 10,
@@ -45,6 +46,7 @@ pub fn settings(dir: &std::path::Path) -> Settings {
             // The scenarios' props connect anonymously; the access tests turn it on.
             auth: gatehouse::gateway::access::MqttAuth::Off,
         },
+        mqtt_limits: gatehouse::gateway::broker::BrokerLimits::default(),
     }
 }
 
