@@ -14,6 +14,7 @@ use crate::cidr::AllowList;
 use crate::core::{CoreConfig, UnknownPolicy};
 use crate::gateway::access::MqttAuth;
 use crate::gateway::acon::AconLimits;
+use crate::gateway::broker::BrokerLimits;
 use crate::gateway::mqtt::MqttSettings;
 use crate::http::serve::HttpLimits;
 use crate::server::Settings;
@@ -211,10 +212,17 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u32).range(256..))]
     pub acon_max_frame: u32,
 
-    /// Most ACon connections at once; more are accepted and closed.
+    /// Most ACon connections at once; more are accepted and closed. Lowered at start, with a
+    /// warning, when the open-files limit cannot hold it (README, "Limits").
     #[arg(long, env = "GATEHOUSE_ACON_MAX_CONNECTIONS", default_value = "20000", value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..))]
     pub acon_max_connections: u32,
+
+    /// Most ACon connections from one IP address at once; more are accepted and closed.
+    /// Generous by default: GSM boards of one operator can share one public address.
+    #[arg(long, env = "GATEHOUSE_ACON_MAX_CONNECTIONS_PER_ADDR", default_value = "1000",
+          value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub acon_max_connections_per_addr: u32,
 
     /// Close an ACon connection silent for this many seconds.
     #[arg(long, env = "GATEHOUSE_ACON_IDLE_TIMEOUT_SECS", default_value = "600", value_name = "SECS",
@@ -315,6 +323,37 @@ pub struct ServeArgs {
         default_value = "devices"
     )]
     pub mqtt_auth: MqttAuth,
+
+    /// Most clients connected to the embedded broker at once; more are refused. Lowered at
+    /// start, with a warning, when the open-files limit cannot hold it (README, "Limits").
+    #[arg(long, env = "GATEHOUSE_MQTT_MAX_CONNECTIONS", default_value = "10000", value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub mqtt_max_connections: u32,
+
+    /// Most clients connected to the embedded broker from one IP address at once; one more
+    /// gets CONNACK "quota exceeded". Generous by default: props behind one NAT share one.
+    #[arg(long, env = "GATEHOUSE_MQTT_MAX_CONNECTIONS_PER_ADDR", default_value = "1000",
+          value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub mqtt_max_connections_per_addr: u32,
+
+    /// Messages the embedded broker queues for one client that does not take them; past it
+    /// the client is disconnected (event `mqtt_client_too_slow`).
+    #[arg(long, env = "GATEHOUSE_MQTT_MAX_QUEUED_MESSAGES", default_value = "1000",
+          value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub mqtt_max_queued_messages: u32,
+
+    /// Bytes (payloads and topics) the embedded broker queues for one client that does not
+    /// take them; past it the client is disconnected (event `mqtt_client_too_slow`).
+    #[arg(long, env = "GATEHOUSE_MQTT_MAX_QUEUED_BYTES", default_value = "16777216",
+          value_name = "BYTES", value_parser = clap::value_parser!(u64).range(262144..))]
+    pub mqtt_max_queued_bytes: u64,
+
+    /// Close a client connected to the embedded broker with keep-alive 0 (no keep-alive)
+    /// that sends no publish or subscription for this many seconds. Clients with a
+    /// keep-alive are closed by the broker after 1.5 × their keep-alive of silence.
+    #[arg(long, env = "GATEHOUSE_MQTT_SILENCE_TIMEOUT_SECS", default_value = "300",
+          value_name = "SECS", value_parser = parse_secs)]
+    pub mqtt_silence_timeout_secs: f64,
 
     /// Seconds between PING broadcasts to every active SKABEN device type.
     #[arg(long, env = "GATEHOUSE_PING_INTERVAL_SECS", default_value = "10", value_name = "SECS",
@@ -441,9 +480,19 @@ impl ServeArgs {
                     auth: self.mqtt_auth,
                 },
             },
+            mqtt_limits: BrokerLimits {
+                max_connections: self.mqtt_max_connections as usize,
+                max_connections_per_addr: self.mqtt_max_connections_per_addr as usize,
+                // Set from the file-descriptor budget at start.
+                handshakes: self.mqtt_max_connections as usize,
+                max_queued_messages: self.mqtt_max_queued_messages as usize,
+                max_queued_bytes: usize::try_from(self.mqtt_max_queued_bytes).unwrap_or(usize::MAX),
+                silence_timeout: secs(self.mqtt_silence_timeout_secs),
+            },
             acon: AconLimits {
                 max_frame: self.acon_max_frame as usize,
                 max_connections: self.acon_max_connections as usize,
+                max_connections_per_addr: self.acon_max_connections_per_addr as usize,
                 idle_timeout: secs(self.acon_idle_timeout_secs),
                 frame_timeout: secs(self.acon_frame_timeout_secs),
                 max_bad_frames: self.acon_max_bad_frames,

@@ -22,9 +22,10 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    // Thousands of boards each hold a socket.
+    // Thousands of boards each hold a socket: the soft open-files limit goes up to the hard
+    // one, and `serve` budgets its connections below it (`gateway::budget`).
     if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
-        tracing::warn!(error = %e, "cannot raise the open-files limit");
+        tracing::warn!(error = %e, "cannot raise the open-files limit (soft to hard); connection caps are budgeted below the current one");
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

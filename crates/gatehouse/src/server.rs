@@ -17,7 +17,7 @@ use crate::clock::now_ms;
 use crate::core::{CoreConfig, Hub};
 use crate::gateway::access::MqttAuth;
 use crate::gateway::acon::AconLimits;
-use crate::gateway::broker::EmbeddedBroker;
+use crate::gateway::broker::{BrokerLimits, EmbeddedBroker};
 use crate::gateway::mqtt::MqttSettings;
 use crate::http::health::{Readiness, WatchLink};
 use crate::http::serve::HttpLimits;
@@ -38,6 +38,8 @@ pub struct Settings {
     pub core: CoreConfig,
     pub acon: AconLimits,
     pub mqtt: MqttSettings,
+    /// The embedded broker's limits (unused with an external broker).
+    pub mqtt_limits: BrokerLimits,
     pub store: StoreSettings,
 }
 
@@ -91,7 +93,8 @@ impl Running {
 }
 
 /// Opens everything and starts serving. Returns once the listeners are bound.
-pub async fn start(s: Settings) -> anyhow::Result<Running> {
+pub async fn start(mut s: Settings) -> anyhow::Result<Running> {
+    fit_in_fd_budget(&mut s)?;
     std::fs::create_dir_all(&s.data_dir).with_context(|| {
         format!(
             "cannot create the data directory {} (--data-dir / GATEHOUSE_DATA_DIR)",
@@ -131,7 +134,7 @@ pub async fn start(s: Settings) -> anyhow::Result<Running> {
     let (broker, bus, connection): (Option<EmbeddedBroker>, Arc<dyn crate::bus::Bus>, Link) =
         match &s.mqtt {
             MqttSettings::Embedded { listen, auth } => {
-                let b = EmbeddedBroker::start_linked(listen, *auth).await?;
+                let b = EmbeddedBroker::start_linked(listen, *auth, s.mqtt_limits).await?;
                 match auth {
                     MqttAuth::Devices => {
                         info!("MQTT logins: device credentials only (--mqtt-auth devices)")
@@ -293,6 +296,43 @@ pub async fn start(s: Settings) -> anyhow::Result<Running> {
         store,
         _lock: lock,
     })
+}
+
+/// Cuts the connection caps to the open-files limit (see `gateway::budget`) and logs the budget.
+fn fit_in_fd_budget(s: &mut Settings) -> anyhow::Result<()> {
+    let limit = match rlimit::getrlimit(rlimit::Resource::NOFILE) {
+        Ok((soft, _hard)) => soft,
+        Err(e) => {
+            warn!(error = %e, "cannot read the open-files limit; connection caps are not checked against it");
+            return Ok(());
+        }
+    };
+    let embedded = matches!(s.mqtt, MqttSettings::Embedded { .. });
+    let b = crate::gateway::budget::plan(
+        limit,
+        s.acon.max_connections,
+        embedded.then_some(s.mqtt_limits.max_connections),
+    )?;
+    for w in &b.warnings {
+        warn!("{w}");
+    }
+    s.acon.max_connections = b.acon;
+    if let Some(m) = b.mqtt {
+        s.mqtt_limits.max_connections = m.connections;
+        s.mqtt_limits.handshakes = m.handshakes;
+    }
+    info!(
+        limit = b.limit,
+        reserve = b.reserve,
+        acon = b.acon,
+        acon_per_addr = s.acon.max_connections_per_addr,
+        mqtt = b.mqtt.map_or(0, |m| m.connections),
+        mqtt_handshakes = b.mqtt.map_or(0, |m| m.handshakes),
+        mqtt_per_addr = s.mqtt_limits.max_connections_per_addr,
+        http = b.http,
+        "file-descriptor budget (open-files limit = reserve + ACon + MQTT connections and handshakes + HTTP)"
+    );
+    Ok(())
 }
 
 /// Runs `job` every `period` until shutdown (a late tick is delayed, not bunched).

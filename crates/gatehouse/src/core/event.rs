@@ -382,6 +382,17 @@ pub enum Event {
         addr: Option<String>,
         refused_since: u64,
     },
+    /// The embedded broker disconnected a client that did not take the messages sent to it:
+    /// its outbound queue passed `limit` (`--mqtt-max-queued-messages` or
+    /// `--mqtt-max-queued-bytes`). At most one event per client per minute, with the
+    /// disconnections since the last one.
+    MqttClientTooSlow {
+        client_id: String,
+        /// Messages queued for it when it was disconnected.
+        queued: usize,
+        limit: String,
+        closed_since: u64,
+    },
 }
 
 /// The details of a registration or an identity change.

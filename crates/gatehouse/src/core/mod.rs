@@ -149,6 +149,21 @@ pub struct Stats {
     pub http_request_timeouts: AtomicU64,
     /// Failed accepts on the HTTP listeners (e.g. out of file descriptors).
     pub http_accept_errors: AtomicU64,
+    /// ACon connections accepted and closed at once: the listener was full
+    /// (`--acon-max-connections`, after the file-descriptor budget).
+    pub acon_refused_full: AtomicU64,
+    /// ACon connections accepted and closed at once: their address had
+    /// `--acon-max-connections-per-addr` open.
+    pub acon_refused_per_addr: AtomicU64,
+    /// ACon `accept` failures (out of file descriptors and the like).
+    pub acon_accept_errors: AtomicU64,
+    /// MQTT logins refused: their address had `--mqtt-max-connections-per-addr` connected.
+    pub mqtt_refused_per_addr: AtomicU64,
+    /// MQTT clients disconnected for not taking their messages
+    /// (`--mqtt-max-queued-messages` / `--mqtt-max-queued-bytes`).
+    pub mqtt_too_slow: AtomicU64,
+    /// MQTT clients with keep-alive 0 closed after `--mqtt-silence-timeout-secs` of silence.
+    pub mqtt_silent_closed: AtomicU64,
     /// Gauges: connections open now, per listener (kept by the gateways and `http`).
     pub acon_connections: AtomicU64,
     pub mqtt_connections: AtomicU64,
@@ -312,6 +327,42 @@ impl Stats {
                 Counter,
                 "failed accepts on the HTTP listeners (e.g. out of file descriptors)",
                 n(&self.http_accept_errors),
+            ),
+            (
+                "acon_refused_full",
+                Counter,
+                "ACon connections closed at accept: --acon-max-connections open",
+                n(&self.acon_refused_full),
+            ),
+            (
+                "acon_refused_per_addr",
+                Counter,
+                "ACon connections closed at accept: --acon-max-connections-per-addr open from their address",
+                n(&self.acon_refused_per_addr),
+            ),
+            (
+                "acon_accept_errors",
+                Counter,
+                "ACon accept failures (e.g. out of file descriptors)",
+                n(&self.acon_accept_errors),
+            ),
+            (
+                "mqtt_refused_per_addr",
+                Counter,
+                "MQTT logins refused: --mqtt-max-connections-per-addr connected from their address",
+                n(&self.mqtt_refused_per_addr),
+            ),
+            (
+                "mqtt_too_slow",
+                Counter,
+                "MQTT clients disconnected for not taking their messages (--mqtt-max-queued-messages/-bytes)",
+                n(&self.mqtt_too_slow),
+            ),
+            (
+                "mqtt_silent_closed",
+                Counter,
+                "MQTT clients with keep-alive 0 closed after --mqtt-silence-timeout-secs without a packet",
+                n(&self.mqtt_silent_closed),
             ),
             (
                 "acon_connections",
@@ -677,6 +728,31 @@ impl Hub {
     pub fn mqtt_refused(&self, refusal: access::Refusal, now: i64) {
         let _ = self.change(now, |st, fx| {
             st.mqtt_refused(fx, refusal);
+            Ok(())
+        });
+    }
+
+    /// The embedded broker disconnected a client that did not take its messages: counted,
+    /// and an event at most once a minute per client.
+    pub fn mqtt_too_slow(&self, client_id: &str, queued: usize, limit: &'static str, now: i64) {
+        self.stats.mqtt_too_slow.fetch_add(1, Ordering::Relaxed);
+        let _ = self.change(now, |st, fx| {
+            let Some(closed_since) = st.rejected_event_due(&format!("mqtt-slow:{client_id}"), now)
+            else {
+                return Ok(());
+            };
+            fx.wait = false;
+            let client_id: String = client_id.chars().take(128).collect();
+            fx.event(
+                None,
+                event::SERVER,
+                Event::MqttClientTooSlow {
+                    client_id,
+                    queued,
+                    limit: limit.to_string(),
+                    closed_since,
+                },
+            );
             Ok(())
         });
     }

@@ -20,10 +20,20 @@
 //!   that, logins from there that would need a check are refused unchecked until the minute
 //!   ends; a remembered login still passes).
 //! - Revoking or rotating a credential disconnects its sessions ([`Access::disconnect`]).
+//! - At most `--mqtt-max-connections-per-addr` clients are connected from one address: one
+//!   more gets CONNACK "quota exceeded" (3.1.1: "server unavailable"), counted
+//!   (`mqtt_refused_per_addr`) and reported like any refused login (rate-limited event).
+//!   `mqtt_connections` counts the connected clients.
+//! - [`Access::watch`] disconnects, with the broker's session takeover, a client whose queue
+//!   passed `--mqtt-max-queued-messages` or `--mqtt-max-queued-bytes` (counted, event
+//!   `mqtt_client_too_slow`), and a client connected with keep-alive 0 that sent no publish or
+//!   subscription for `--mqtt-silence-timeout-secs` (mqtt5 itself closes those only after a
+//!   hard-coded 300 s without a packet).
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -37,6 +47,7 @@ use tracing::{info, warn};
 use crate::clock::now_ms;
 use crate::core::Hub;
 use crate::core::access::{self, Principal, Refusal};
+use crate::gateway::broker::{BrokerLimits, MAX_PACKET_SIZE};
 
 /// Whether the embedded broker asks for credentials.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -75,10 +86,31 @@ pub struct Access {
     slow_checks: Semaphore,
     /// Failed logins per address: (window start, failures in it).
     failures: Mutex<HashMap<std::net::IpAddr, (std::time::Instant, u32)>>,
+    limits: BrokerLimits,
+    /// Who is connected from where.
+    conns: Mutex<Conns>,
+    /// Clients connected with keep-alive 0 → when they last published or subscribed.
+    quiet: Mutex<HashMap<String, std::time::Instant>>,
 }
 
+/// Connections per client id and per address. A login's address waits in `pending` until the
+/// broker reports the connection (its connect event carries no address); a client id can
+/// have two connections for a moment (a takeover), so both lists are in order.
+#[derive(Default)]
+struct Conns {
+    pending: HashMap<String, VecDeque<IpAddr>>,
+    live: HashMap<String, VecDeque<IpAddr>>,
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+/// Logins whose connection was never reported (a handshake that failed after the login)
+/// leave an entry in `pending`; past this many, the oldest guesses are forgotten.
+const PENDING_KEPT: usize = 100_000;
+/// How often [`Access::watch`] looks at queues and silent clients, at most.
+const WATCH_EVERY: Duration = Duration::from_millis(250);
+
 impl Access {
-    pub fn new(mode: MqttAuth) -> Access {
+    pub fn new(mode: MqttAuth, limits: BrokerLimits) -> Access {
         Access {
             mode,
             hub: OnceLock::new(),
@@ -88,6 +120,9 @@ impl Access {
             verified: Mutex::new(HashMap::new()),
             slow_checks: Semaphore::new(1),
             failures: Mutex::new(HashMap::new()),
+            limits,
+            conns: Mutex::new(Conns::default()),
+            quiet: Mutex::new(HashMap::new()),
         }
     }
 
@@ -169,6 +204,26 @@ impl Access {
                 }
             },
         };
+        // One address holds at most `max_connections_per_addr` connections (a client id that
+        // takes its own session over from the same address replaces one, it adds none).
+        let (connected_here, replaces) = {
+            let c = self.conns_lock();
+            let here = c.per_ip.get(&addr.ip()).copied().unwrap_or(0);
+            let replaces = c
+                .live
+                .get(&client_id)
+                .is_some_and(|l| l.contains(&addr.ip()));
+            (here, replaces)
+        };
+        if connected_here >= self.limits.max_connections_per_addr && !replaces {
+            hub.stats
+                .mqtt_refused_per_addr
+                .fetch_add(1, Ordering::Relaxed);
+            return refuse(
+                ReasonCode::QuotaExceeded,
+                "--mqtt-max-connections-per-addr clients connected from this address",
+            );
+        }
         // A live session of another identity keeps its client id.
         let holder = self.sessions_lock().get(&client_id).cloned();
         if let Some(holder) = holder
@@ -179,6 +234,24 @@ impl Access {
                 ReasonCode::NotAuthorized,
                 "client id in use by another identity",
             );
+        }
+        {
+            let mut c = self.conns_lock();
+            if c.pending.len() >= PENDING_KEPT {
+                c.pending.clear();
+            }
+            c.pending
+                .entry(client_id.clone())
+                .or_default()
+                .push_back(addr.ip());
+        }
+        {
+            let mut q = self.quiet_lock();
+            if connect.keep_alive == 0 {
+                q.insert(client_id.clone(), std::time::Instant::now());
+            } else {
+                q.remove(&client_id);
+            }
         }
         match identity {
             Some(id) => {
@@ -263,12 +336,143 @@ impl Access {
         self.verified.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A session ended: forget its client id unless another session holds it now.
+    fn conns_lock(&self) -> std::sync::MutexGuard<'_, Conns> {
+        self.conns.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn quiet_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, std::time::Instant>> {
+        self.quiet.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The broker reports a connection (after its CONNACK): count it at its login's address.
+    pub(crate) fn connected(&self, client_id: &str) {
+        let mut c = self.conns_lock();
+        let ip = c.pending.get_mut(client_id).and_then(VecDeque::pop_front);
+        if c.pending.get(client_id).is_some_and(VecDeque::is_empty) {
+            c.pending.remove(client_id);
+        }
+        // No login seen (cannot happen with this gatekeeper installed): count it nowhere.
+        let ip = ip.unwrap_or(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED));
+        c.live
+            .entry(client_id.to_string())
+            .or_default()
+            .push_back(ip);
+        *c.per_ip.entry(ip).or_insert(0) += 1;
+        drop(c);
+        if let Some(hub) = self.hub.get() {
+            hub.stats.mqtt_connections.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A session ended: uncount its connection (the oldest of its client id), and forget its
+    /// client id unless another session holds it now.
     pub(crate) async fn disconnected(&self, client_id: &str) {
+        let ended = {
+            let mut c = self.conns_lock();
+            let ip = c.live.get_mut(client_id).and_then(VecDeque::pop_front);
+            if c.live.get(client_id).is_some_and(VecDeque::is_empty) {
+                c.live.remove(client_id);
+            }
+            if let Some(ip) = ip
+                && let Some(n) = c.per_ip.get_mut(&ip)
+            {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    c.per_ip.remove(&ip);
+                }
+            }
+            ip.is_some()
+        };
+        if ended && let Some(hub) = self.hub.get() {
+            hub.stats.mqtt_connections.fetch_sub(1, Ordering::Relaxed);
+        }
         if self.is_connected(client_id).await {
             return;
         }
         self.sessions_lock().remove(client_id);
+        self.quiet_lock().remove(client_id);
+    }
+
+    /// A client sent a publish or a subscription: it is not silent.
+    fn active(&self, client_id: &str) {
+        if let Some(t) = self.quiet_lock().get_mut(client_id) {
+            *t = std::time::Instant::now();
+        }
+    }
+
+    /// Until aborted (the broker's shutdown): every [`WATCH_EVERY`] (or a quarter of the silence timeout),
+    /// disconnects the clients whose queue passed its cap, and the keep-alive-0 clients
+    /// silent for the silence timeout.
+    pub(crate) async fn watch(self: Arc<Self>, router: Arc<MessageRouter>) {
+        let period = WATCH_EVERY.min(self.limits.silence_timeout / 4);
+        let mut tick = tokio::time::interval(period.max(Duration::from_millis(10)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let kicking: Arc<Mutex<HashSet<String>>> = Arc::default();
+        // Peeking at a queue's bytes copies it: only when it could hold more than the cap.
+        let peek_over = (self.limits.max_queued_bytes / MAX_PACKET_SIZE).max(1);
+        loop {
+            tick.tick().await;
+            let Some(hub) = self.hub.get().cloned() else {
+                continue;
+            };
+            let clients: Vec<String> = self.conns_lock().live.keys().cloned().collect();
+            let mut due: Vec<(String, Option<(usize, &'static str)>)> = Vec::new();
+            for id in clients {
+                let queue = router.queue_handle(&id);
+                let n = queue.count();
+                if n >= self.limits.max_queued_messages {
+                    due.push((id, Some((n, "--mqtt-max-queued-messages"))));
+                } else if n >= peek_over {
+                    let bytes: usize = queue
+                        .peek_all()
+                        .await
+                        .iter()
+                        .map(|m| m.payload.len() + m.topic.len())
+                        .sum();
+                    if bytes > self.limits.max_queued_bytes {
+                        due.push((id, Some((n, "--mqtt-max-queued-bytes"))));
+                    }
+                }
+            }
+            let silence = self.limits.silence_timeout;
+            let silent: Vec<String> = self
+                .quiet_lock()
+                .iter()
+                .filter(|(_, t)| t.elapsed() >= silence)
+                .map(|(c, _)| c.clone())
+                .collect();
+            for id in silent {
+                self.quiet_lock().remove(&id);
+                due.push((id, None));
+            }
+            for (id, why) in due {
+                if !kicking
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(id.clone())
+                {
+                    continue;
+                }
+                match why {
+                    Some((queued, limit)) => {
+                        warn!(client_id = %id, queued, limit, "MQTT client not taking its messages; disconnecting it");
+                        hub.mqtt_too_slow(&id, queued, limit, now_ms());
+                    }
+                    None => {
+                        hub.stats.mqtt_silent_closed.fetch_add(1, Ordering::Relaxed);
+                        info!(client_id = %id, timeout = ?silence, "MQTT client with keep-alive 0 silent for --mqtt-silence-timeout-secs; disconnecting it");
+                    }
+                }
+                let (router, kicking) = (router.clone(), kicking.clone());
+                tokio::spawn(async move {
+                    kick(&router, &id).await;
+                    kicking
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&id);
+                });
+            }
+        }
     }
 
     /// Disconnects every session logged in as `user` (a subject key), with the broker's own
@@ -368,6 +572,7 @@ impl AuthProvider for Access {
         user_id: Option<&'a str>,
         topic: &'a str,
     ) -> BoxFuture<'a, bool> {
+        self.active(client_id);
         let ok = access::may_publish(&Principal::of(user_id), topic);
         let ok = self.judge("publish", client_id, user_id, topic, ok);
         Box::pin(std::future::ready(ok))
@@ -379,6 +584,7 @@ impl AuthProvider for Access {
         user_id: Option<&'a str>,
         topic_filter: &'a str,
     ) -> BoxFuture<'a, bool> {
+        self.active(client_id);
         let ok = access::may_subscribe(&Principal::of(user_id), topic_filter);
         let ok = self.judge("subscribe", client_id, user_id, topic_filter, ok);
         Box::pin(std::future::ready(ok))

@@ -4,7 +4,15 @@
 //! - Frames of one connection are answered in order, each after its record is durable.
 //! - A bad frame costs that frame only (an error event, no answer); the connection closes on
 //!   an oversized frame, too many bad frames in a row, an idle or slow peer, or shutdown.
-//! - At most `max_connections` connections; one more is accepted and closed at once.
+//! - At most `max_connections` connections, and at most `max_connections_per_addr` from one
+//!   address; one more is accepted and closed at once, counted (`acon_refused_full`,
+//!   `acon_refused_per_addr`), and logged at most once per [`REFUSED_LOG_EVERY`] with the
+//!   number since the last line. `acon_connections` counts the open ones.
+//! - A failing `accept` (out of file descriptors, which the start-up budget makes unlikely)
+//!   is retried after a back-off (5 ms doubling to 1 s) and logged at most once per
+//!   [`REFUSED_LOG_EVERY`] with the count.
+//! - A started frame must be complete within `frame_timeout` of its first byte (a deadline:
+//!   bytes that trickle in do not extend it), and an answer must be taken within it too.
 //! - A peer outside `--acon-allow` is closed at accept, before a byte is read; those closes
 //!   are counted, and logged at most once per [`REFUSED_LOG_EVERY`] with their number.
 //! - A connection the core refuses a frame of (see `core::acon`'s guards) gets no answer for
@@ -35,10 +43,12 @@ const SHUTDOWN_GRACE: Duration = Duration::from_millis(100);
 pub struct AconLimits {
     pub max_frame: usize,
     pub max_connections: usize,
+    /// Connections from one address at once (boards behind one carrier NAT share one).
+    pub max_connections_per_addr: usize,
     /// Close a connection that sends nothing for this long.
     pub idle_timeout: Duration,
-    /// Close a connection that takes longer than this to finish a started frame, or to take
-    /// an answer.
+    /// Close a connection that takes longer than this, from the frame's first byte, to finish
+    /// a started frame, or longer than this to take an answer.
     pub frame_timeout: Duration,
     /// Close a connection after this many malformed frames in a row.
     pub max_bad_frames: u32,
@@ -46,8 +56,8 @@ pub struct AconLimits {
     pub allow: Option<AllowList>,
 }
 
-/// Connections closed at accept for being outside `--acon-allow` are logged at most once per
-/// this time, with their number.
+/// Connections closed at accept (outside `--acon-allow`, over a connection cap) and failed
+/// accepts are logged at most once per this time, with their number.
 pub const REFUSED_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Counts events and says when one log line is due: the first, then at most one per period.
@@ -108,6 +118,33 @@ impl Live {
     }
 }
 
+/// Open connections per address.
+#[derive(Default)]
+struct PerAddr(Mutex<HashMap<std::net::IpAddr, usize>>);
+
+impl PerAddr {
+    /// Counts one more from `ip` unless it has `max` open.
+    fn try_open(&self, ip: std::net::IpAddr, max: usize) -> bool {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(ip).or_insert(0);
+        if *n >= max {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    fn closed(&self, ip: std::net::IpAddr) {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&ip);
+            }
+        }
+    }
+}
+
 /// Accepts connections until `shutdown` turns true, then waits for the open ones to finish
 /// what they have received.
 pub async fn serve(
@@ -119,7 +156,11 @@ pub async fn serve(
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let limits = Arc::new(limits);
     let live = Arc::new(Live::default());
+    let per_addr = Arc::new(PerAddr::default());
     let mut not_allowed = LogEvery::new(REFUSED_LOG_EVERY);
+    let mut full = LogEvery::new(REFUSED_LOG_EVERY);
+    let mut addr_full = LogEvery::new(REFUSED_LOG_EVERY);
+    let mut accept_failed = LogEvery::new(REFUSED_LOG_EVERY);
     let mut next_id = 0u64;
     let mut backoff = Duration::from_millis(5);
     loop {
@@ -134,7 +175,10 @@ pub async fn serve(
             }
             Err(e) => {
                 // Out of file descriptors and the like: wait, then try again.
-                warn!(error = %e, "accept failed; retrying in {backoff:?}");
+                hub.stats.acon_accept_errors.fetch_add(1, Ordering::Relaxed);
+                if let Some(n) = accept_failed.hit(Instant::now()) {
+                    warn!(error = %e, failed = n, "ACon accept failed (this one and those since the last such line); retrying after a back-off of up to 1 s");
+                }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
                 continue;
@@ -152,10 +196,24 @@ pub async fn serve(
             continue;
         }
         let Ok(permit) = slots.clone().try_acquire_owned() else {
-            warn!(%peer, max = limits.max_connections, "connection refused: too many connections");
             drop(stream);
+            hub.stats.acon_refused_full.fetch_add(1, Ordering::Relaxed);
+            if let Some(n) = full.hit(Instant::now()) {
+                warn!(%peer, max = limits.max_connections, closed = n, "ACon connections closed at accept: --acon-max-connections are open (this one and those since the last such line)");
+            }
             continue;
         };
+        if !per_addr.try_open(ip, limits.max_connections_per_addr) {
+            drop(stream);
+            hub.stats
+                .acon_refused_per_addr
+                .fetch_add(1, Ordering::Relaxed);
+            if let Some(n) = addr_full.hit(Instant::now()) {
+                warn!(%peer, max = limits.max_connections_per_addr, closed = n, "ACon connections closed at accept: --acon-max-connections-per-addr are open from this address (this one and those since the last such line, from any address)");
+            }
+            continue;
+        }
+        hub.stats.acon_connections.fetch_add(1, Ordering::Relaxed);
         let _ = stream.set_nodelay(true);
         next_id += 1;
         let mut conn = AconConn {
@@ -164,13 +222,20 @@ pub async fn serve(
             peer: peer.to_string(),
             holds: None,
         };
-        let (hub, limits, live, shutdown) =
-            (hub.clone(), limits.clone(), live.clone(), shutdown.clone());
+        let (hub, limits, live, shutdown, per_addr) = (
+            hub.clone(),
+            limits.clone(),
+            live.clone(),
+            shutdown.clone(),
+            per_addr.clone(),
+        );
         tokio::spawn(async move {
             let kill = live.open(conn.id);
             let reason = connection(stream, &mut conn, &hub, &limits, &live, &kill, shutdown).await;
             hub.acon_closed(&conn, now_ms());
             live.closed(conn.id);
+            per_addr.closed(ip);
+            hub.stats.acon_connections.fetch_sub(1, Ordering::Relaxed);
             debug!(%peer, reason, "connection closed");
             drop(permit);
         });
@@ -196,6 +261,8 @@ async fn connection(
     let mut decoder = Decoder::new(limits.max_frame);
     let mut out = Vec::new();
     let mut bad_in_row = 0u32;
+    // When the frame being received must be complete: its first byte + `frame_timeout`.
+    let mut frame_deadline: Option<tokio::time::Instant> = None;
     // Answers waiting for their commit: (commit, board ID, SEND, encoded answer).
     let mut pending: Vec<(crate::store::Commit, String, u64, Vec<u8>)> = Vec::new();
     loop {
@@ -304,8 +371,11 @@ async fn connection(
         }
         // Read more.
         let wait = if decoder.in_frame() {
-            limits.frame_timeout
+            let now = tokio::time::Instant::now();
+            let deadline = *frame_deadline.get_or_insert(now + limits.frame_timeout);
+            deadline.saturating_duration_since(now)
         } else {
+            frame_deadline = None;
             limits.idle_timeout
         };
         let buf = decoder.buffer_mut();

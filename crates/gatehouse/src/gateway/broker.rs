@@ -13,8 +13,16 @@
 //!   `0.0.0.0:1883` plus `[::]:1883`.
 //! - Nothing is written to disk (mqtt5's default persistence would create `./mqtt_storage`),
 //!   no `$SYS` topics are published, packets are limited to [`MAX_PACKET_SIZE`].
-//! - Connection limits are high enough for 10 000+ devices behind one address (one NAT, one
-//!   load generator) to connect at once; no per-client message-rate or bandwidth limits.
+//! - Connection limits come from [`BrokerLimits`] (`gatehouse serve`: `--mqtt-max-connections`
+//!   inside the file-descriptor budget, `--mqtt-max-connections-per-addr`; see
+//!   [`super::budget`] for why connections waiting for their CONNECT are bounded by the
+//!   connection-rate limit); no per-client message-rate or bandwidth limits.
+//! - What the broker holds for one client that does not read is bounded: its delivery lanes
+//!   hold [`LANE_CAPACITY`] messages each and its in-flight window [`OUTBOUND_INFLIGHT`]; the rest
+//!   waits in its queue, which a linked broker's gatekeeper watches ([`super::access`]): past
+//!   `--mqtt-max-queued-messages` or `--mqtt-max-queued-bytes` the client is disconnected
+//!   (event `mqtt_client_too_slow`). mqtt5's own queue limit, twice ours, is the backstop: it
+//!   drops the oldest messages if a client outgrows the cap between two checks.
 //! - After [`EmbeddedBroker::shutdown`] returns, the port is free again (the broker can be
 //!   started again on the same address).
 
@@ -34,10 +42,44 @@ use crate::gateway::access::{Access, MqttAuth};
 /// The largest MQTT packet the broker accepts or sends (SKABEN configs are a few KiB).
 pub const MAX_PACKET_SIZE: usize = 256 * 1024;
 
-/// Concurrent connections, in total and from one IP address.
-const MAX_CONNECTIONS: usize = 100_000;
-/// New connections accepted per second (all of a venue reconnecting after a power cut).
-const MAX_CONNECTION_RATE: u32 = 100_000;
+/// Messages each of a client's two delivery lanes (QoS 0, QoS 1) holds between the router and
+/// the client's connection task (mqtt5's default, 10 000, bounded nothing in bytes: 10 000
+/// configs of 250 KB queued for one subscriber that never read made the server grow to
+/// 2.5 GB). Past it, QoS 1 messages wait in the client's queue (capped) and QoS 0 ones drop.
+pub const LANE_CAPACITY: usize = 16;
+/// QoS 1 messages sent to a client and not yet acknowledged.
+pub const OUTBOUND_INFLIGHT: u16 = 32;
+
+/// The embedded broker's limits (see the module's invariants).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BrokerLimits {
+    /// Connected clients at once.
+    pub max_connections: usize,
+    /// Connected clients from one address at once.
+    pub max_connections_per_addr: usize,
+    /// New connections admitted per [`super::budget::HANDSHAKE_WINDOW`] (bounds those waiting
+    /// for their CONNECT).
+    pub handshakes: usize,
+    /// A client whose queue holds more messages, or more bytes, is disconnected.
+    pub max_queued_messages: usize,
+    pub max_queued_bytes: usize,
+    /// A client connected with keep-alive 0 that sends nothing for this long is closed.
+    pub silence_timeout: Duration,
+}
+
+impl Default for BrokerLimits {
+    /// A plain broker (tests of the MQTT client, tools): high connection limits.
+    fn default() -> Self {
+        BrokerLimits {
+            max_connections: 100_000,
+            max_connections_per_addr: 100_000,
+            handshakes: 100_000,
+            max_queued_messages: 1000,
+            max_queued_bytes: 16 * 1024 * 1024,
+            silence_timeout: Duration::from_secs(300),
+        }
+    }
+}
 /// How long `shutdown` waits for mqtt5's graceful stop (it gives connections 5 s) before it
 /// aborts the broker's task.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(7);
@@ -82,6 +124,8 @@ pub struct EmbeddedBroker {
     router: Arc<mqtt5::broker::router::MessageRouter>,
     stop: BrokerShutdownHandle,
     task: Option<JoinHandle<Result<(), String>>>,
+    /// The gatekeeper's watch over queues and silent clients (a linked broker).
+    watcher: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for EmbeddedBroker {
@@ -98,24 +142,29 @@ impl EmbeddedBroker {
     /// starts accepting MQTT 3.1.1 and 5 clients, anonymous, without topic rules (a plain
     /// broker, for tests of the MQTT client). Returns once the broker accepts connections.
     pub async fn start(listen: &str) -> Result<EmbeddedBroker, BrokerError> {
-        Self::start_with(listen, None).await
+        Self::start_with(listen, None, BrokerLimits::default()).await
     }
 
     /// Like [`Self::start`], for a broker the core will link to in-process
     /// ([`Self::in_process`], [`Self::access`]): logins are checked against the core's
     /// credentials (`auth`) and every client is held to the topic rules; devices' `ask/…`
     /// packets and logins that arrive before the link is made wait for it.
-    pub async fn start_linked(listen: &str, auth: MqttAuth) -> Result<EmbeddedBroker, BrokerError> {
-        Self::start_with(listen, Some(Arc::new(Access::new(auth)))).await
+    pub async fn start_linked(
+        listen: &str,
+        auth: MqttAuth,
+        limits: BrokerLimits,
+    ) -> Result<EmbeddedBroker, BrokerError> {
+        Self::start_with(listen, Some(Arc::new(Access::new(auth, limits))), limits).await
     }
 
     async fn start_with(
         listen: &str,
         access: Option<Arc<Access>>,
+        limits: BrokerLimits,
     ) -> Result<EmbeddedBroker, BrokerError> {
         let addr = resolve(listen).await?;
         let hook = Arc::new(crate::gateway::inproc::InboundHook::new(access.clone()));
-        let cfg = config(addr).with_event_handler(hook.clone());
+        let cfg = config(addr, &limits).with_event_handler(hook.clone());
         let mut broker = match MqttBroker::with_config(cfg).await {
             Ok(broker) => broker,
             Err(e) => return Err(classify_start_error(addr, e.to_string())),
@@ -131,17 +180,28 @@ impl EmbeddedBroker {
             });
         };
         // mqtt5 0.49 hard-codes 10 000 connections per IP and 10 000 new connections per
-        // second in the monitor it builds; the monitor takes new limits before `run`.
+        // second in the monitor it builds; the monitor takes new limits before `run`. mqtt5
+        // refuses at accept, silently; a linked broker's gatekeeper refuses over
+        // `max_connections_per_addr` at login (counted, with an event), so mqtt5's per-address
+        // check is only the backstop for logins that race.
+        let per_ip_backstop = if access.is_some() {
+            limits.max_connections_per_addr + (limits.max_connections_per_addr / 8).max(8)
+        } else {
+            limits.max_connections_per_addr
+        };
         broker.resource_monitor().update_limits(ResourceLimits {
-            max_connections: MAX_CONNECTIONS,
-            max_connections_per_ip: MAX_CONNECTIONS,
+            max_connections: limits.max_connections,
+            max_connections_per_ip: per_ip_backstop,
             max_message_rate_per_client: 0,
             max_bandwidth_per_client: 0,
-            max_connection_rate: MAX_CONNECTION_RATE,
-            rate_limit_window: Duration::from_secs(1),
+            max_connection_rate: u32::try_from(limits.handshakes).unwrap_or(u32::MAX),
+            rate_limit_window: crate::gateway::budget::HANDSHAKE_WINDOW,
         });
         let stop = broker.shutdown_handle();
         let router = broker.router();
+        let watcher = access
+            .as_ref()
+            .map(|a| tokio::spawn(a.clone().watch(router.clone())));
         let mut ready = broker.ready_receiver();
         let mut task = tokio::spawn(async move {
             let mut broker = broker;
@@ -165,6 +225,7 @@ impl EmbeddedBroker {
             router,
             stop,
             task: Some(task),
+            watcher,
         })
     }
 
@@ -194,6 +255,9 @@ impl EmbeddedBroker {
     /// Stops the broker: closes the listener, disconnects every client (MQTT 5 clients get a
     /// "server shutting down" DISCONNECT) and returns once the port is free again.
     pub async fn shutdown(mut self) {
+        if let Some(w) = self.watcher.take() {
+            w.abort();
+        }
         self.stop.shutdown();
         if let Some(mut task) = self.task.take() {
             match tokio::time::timeout(SHUTDOWN_WAIT, &mut task).await {
@@ -218,6 +282,9 @@ impl EmbeddedBroker {
 
 impl Drop for EmbeddedBroker {
     fn drop(&mut self) {
+        if let Some(w) = self.watcher.take() {
+            w.abort();
+        }
         if self.task.is_some() {
             // Dropped without `shutdown`: start the graceful stop, don't wait for it.
             self.stop.shutdown();
@@ -226,17 +293,22 @@ impl Drop for EmbeddedBroker {
 }
 
 /// The broker's settings: everything mqtt5 would otherwise default to something unfit.
-fn config(addr: SocketAddr) -> BrokerConfig {
+fn config(addr: SocketAddr, limits: &BrokerLimits) -> BrokerConfig {
     let storage = StorageConfig {
         // The default (file persistence in ./mqtt_storage) writes wherever the server was
         // started. Sessions live in memory only; the SKABEN clients use clean sessions.
         enable_persistence: false,
         backend: StorageBackendType::Memory,
+        // The backstop behind the gatekeeper's cap (which disconnects the client).
+        max_queued_messages_per_client: limits.max_queued_messages.saturating_mul(2),
+        max_queued_bytes_per_client: limits.max_queued_bytes.saturating_mul(2),
         ..StorageConfig::default()
     };
     let mut config = BrokerConfig::default()
         .with_bind_address(addr)
-        .with_max_clients(MAX_CONNECTIONS)
+        .with_max_clients(limits.max_connections)
+        .with_client_channel_capacity(LANE_CAPACITY)
+        .with_max_outbound_inflight(OUTBOUND_INFLIGHT)
         .with_max_packet_size(MAX_PACKET_SIZE)
         .with_sys_topics_enabled(false)
         .with_storage(storage);

@@ -9,13 +9,18 @@
 //!
 //! Invariants: the same [`PacketHandler`] and [`Bus`] contracts as the MQTT client (the core
 //! cannot tell them apart); publishes are routed in the order they were made; a publish that
-//! cannot be queued is counted and reported `false`, like the client's.
+//! cannot be queued is counted and reported `false`, like the client's. The queue between the
+//! core and the router is bounded in publishes ([`QUEUE`]) and in bytes ([`QUEUE_BYTES`]), and
+//! routing never waits for a subscriber: a client whose delivery lane is full gets the message
+//! in its own (capped, watched) queue, so one client that does not read cannot pace the route
+//! loop and make this queue grow (it did: 2.8 GB of 200 KiB CUPs waiting here).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use mqtt5::broker::events::{
-    BrokerEventHandler, ClientDisconnectEvent, ClientPublishEvent, PublishAction,
+    BrokerEventHandler, ClientConnectEvent, ClientDisconnectEvent, ClientPublishEvent,
+    PublishAction,
 };
 use mqtt5::broker::router::MessageRouter;
 use mqtt5::packet::publish::PublishPacket;
@@ -27,6 +32,8 @@ use crate::gateway::access::Access;
 
 /// Publishes queued for the router before `publish` reports failure.
 const QUEUE: usize = 100_000;
+/// Bytes (payloads and topics) queued for the router before `publish` reports failure.
+pub const QUEUE_BYTES: usize = 64 * 1024 * 1024;
 
 /// The broker's publish hook: devices' `ask/...` packets go to the core.
 pub struct InboundHook {
@@ -62,6 +69,16 @@ impl InboundHook {
 }
 
 impl BrokerEventHandler for InboundHook {
+    fn on_client_connect<'a>(
+        &'a self,
+        event: ClientConnectEvent,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
+        if let Some(a) = &self.access {
+            a.connected(&event.client_id);
+        }
+        Box::pin(std::future::ready(()))
+    }
+
     fn on_client_disconnect<'a>(
         &'a self,
         event: ClientDisconnectEvent,
@@ -116,6 +133,8 @@ impl BrokerEventHandler for InboundHook {
 #[derive(Clone)]
 pub struct InProcessBus {
     tx: mpsc::Sender<(String, Vec<u8>, Qos)>,
+    /// Bytes in `tx` not yet routed.
+    queued_bytes: Arc<AtomicUsize>,
     dropped: Arc<AtomicU64>,
     access: Option<Arc<Access>>,
 }
@@ -129,9 +148,19 @@ impl InProcessBus {
 
 impl Bus for InProcessBus {
     fn publish(&self, topic: String, payload: Vec<u8>, qos: Qos) -> bool {
-        match self.tx.try_send((topic, payload, qos)) {
+        let size = topic.len() + payload.len();
+        let over = self.queued_bytes.fetch_add(size, Ordering::AcqRel) + size > QUEUE_BYTES;
+        let sent = if over {
+            Err("the queue to the broker holds more than 64 MiB".to_string())
+        } else {
+            self.tx
+                .try_send((topic, payload, qos))
+                .map_err(|e| e.to_string())
+        };
+        match sent {
             Ok(()) => true,
             Err(e) => {
+                self.queued_bytes.fetch_sub(size, Ordering::AcqRel);
                 let n = self.dropped.fetch_add(1, Ordering::Relaxed);
                 if n.is_power_of_two() {
                     warn!(dropped = n + 1, error = %e, "publish to the embedded broker not queued");
@@ -151,6 +180,7 @@ impl Bus for InProcessBus {
 /// Routes the bus's publishes; spawn [`InProcessConnection::run`].
 pub struct InProcessConnection {
     rx: mpsc::Receiver<(String, Vec<u8>, Qos)>,
+    queued_bytes: Arc<AtomicUsize>,
     hook: Arc<InboundHook>,
     router: Arc<MessageRouter>,
 }
@@ -161,13 +191,20 @@ pub(crate) fn new(
     access: Option<Arc<Access>>,
 ) -> (InProcessBus, InProcessConnection) {
     let (tx, rx) = mpsc::channel(QUEUE);
+    let queued_bytes = Arc::new(AtomicUsize::new(0));
     (
         InProcessBus {
             tx,
+            queued_bytes: queued_bytes.clone(),
             dropped: Arc::new(AtomicU64::new(0)),
             access,
         },
-        InProcessConnection { rx, hook, router },
+        InProcessConnection {
+            rx,
+            queued_bytes,
+            hook,
+            router,
+        },
     )
 }
 
@@ -199,11 +236,17 @@ impl InProcessConnection {
     }
 
     async fn route(&self, topic: String, payload: Vec<u8>, qos: Qos) {
+        self.queued_bytes
+            .fetch_sub(topic.len() + payload.len(), Ordering::AcqRel);
         let qos = match qos {
             Qos::AtMostOnce => mqtt5::QoS::AtMostOnce,
             Qos::AtLeastOnce => mqtt5::QoS::AtLeastOnce,
         };
         let packet = PublishPacket::new(topic, payload, qos);
-        self.router.route_message(&packet, None).await;
+        // A deadline of now: a full delivery lane sends the message to the client's queue at
+        // once instead of holding every other publish up to 2 s (mqtt5's default budget).
+        self.router
+            .route_message_with_deadline(&packet, None, tokio::time::Instant::now())
+            .await;
     }
 }

@@ -4,6 +4,7 @@
 pub mod access;
 pub mod acon;
 pub mod broker;
+pub mod budget;
 pub mod inproc;
 
 pub mod mqtt;

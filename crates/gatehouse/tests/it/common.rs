@@ -42,6 +42,7 @@ pub fn settings(dir: &std::path::Path) -> Settings {
         acon: AconLimits {
             max_frame: 64 * 1024,
             max_connections: 1000,
+            max_connections_per_addr: 1000,
             idle_timeout: Duration::from_secs(60),
             frame_timeout: Duration::from_secs(10),
             max_bad_frames: 10,
@@ -53,6 +54,7 @@ pub fn settings(dir: &std::path::Path) -> Settings {
             auth: gatehouse::gateway::access::MqttAuth::Off,
         },
         store: Default::default(),
+        mqtt_limits: gatehouse::gateway::broker::BrokerLimits::default(),
     }
 }
 
