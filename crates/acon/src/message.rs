@@ -1,5 +1,6 @@
 //! The board's status message: typed fields, parsing from a frame and encoding back.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
@@ -356,18 +357,62 @@ pub fn is_valid_id(id: &str) -> bool {
     valid_id(id)
 }
 
+/// The keys [`Message::parse`] reads; any other is kept in [`Message::extra`].
+const KNOWN_KEYS: [&str; 13] = [
+    "ID",
+    "SEND",
+    "CONNECTION",
+    "WIFI_STATE",
+    "GSM_STATE",
+    "RESET",
+    "STATE",
+    "COLS",
+    "ROWS",
+    "ACT_CON",
+    "BOX_ENG",
+    "BOX_TO",
+    "BOX_ACC",
+];
+
+/// One line of a frame, trimmed: as is when it is UTF-8, else decoded lossily (`lossy`).
+struct Line<'a> {
+    text: Cow<'a, str>,
+    lossy: bool,
+}
+
+impl<'a> Line<'a> {
+    fn read(raw: &'a [u8]) -> Line<'a> {
+        match std::str::from_utf8(raw) {
+            Ok(text) => Line {
+                text: Cow::Borrowed(text.trim()),
+                lossy: false,
+            },
+            Err(_) => Line {
+                text: Cow::Owned(String::from_utf8_lossy(raw).trim().to_string()),
+                lossy: true,
+            },
+        }
+    }
+}
+
 impl Message {
     /// Parses one frame (as returned by the [`crate::Decoder`]).
     pub fn parse(frame: &[u8]) -> Result<Message, ParseError> {
-        let text = std::str::from_utf8(frame).map_err(|_| ParseError::InvalidUtf8)?;
-        let line_ending = if text.contains("\r\n") {
+        let line_ending = if frame.windows(2).any(|w| w == b"\r\n") {
             LineEnding::Crlf
         } else {
             LineEnding::Lf
         };
-        let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+        // Line by line, so that invalid UTF-8 in an unknown key's line costs that line its
+        // exact bytes, not the frame: such a line is read lossily (U+FFFD for each bad
+        // sequence) and kept in `extra`; anywhere else it is an error, as below.
+        let mut lines = frame
+            .split(|&b| b == b'\n')
+            .map(Line::read)
+            .filter(|l| !l.text.is_empty());
         let version = match lines.next() {
-            Some(h) if h.starts_with("ACon_") => h.to_string(),
+            Some(h) if h.lossy => return Err(ParseError::InvalidUtf8),
+            Some(h) if h.text.starts_with("ACon_") => h.text.into_owned(),
             _ => return Err(ParseError::NoHeader),
         };
         let mut m = Message {
@@ -390,9 +435,11 @@ impl Message {
         };
         let mut id = None;
         let mut send = None;
-        let mut act_con_raw: Option<&str> = None;
+        let mut act_con_raw: Option<String> = None;
         let mut closed = false;
         for line in lines {
+            let lossy = line.lossy;
+            let line: &str = &line.text;
             if closed {
                 return Err(ParseError::NotKeyValue {
                     line: line.to_string(),
@@ -408,6 +455,10 @@ impl Message {
                 });
             };
             let (key, value) = (key.trim(), value.trim());
+            if lossy && KNOWN_KEYS.contains(&key) {
+                // A known key's value must be read exactly: not UTF-8, the frame is malformed.
+                return Err(ParseError::InvalidUtf8);
+            }
             fn set<T>(slot: &mut Option<T>, key: &str, v: T) -> Result<(), ParseError> {
                 if slot.is_some() {
                     return Err(ParseError::Duplicate {
@@ -455,7 +506,7 @@ impl Message {
                 }
                 "COLS" => set(&mut m.cols, key, parse_dimension("COLS", value)?)?,
                 "ROWS" => set(&mut m.rows, key, parse_dimension("ROWS", value)?)?,
-                "ACT_CON" => set(&mut act_con_raw, key, value)?,
+                "ACT_CON" => set(&mut act_con_raw, key, value.to_string())?,
                 "BOX_ENG" => set(&mut m.box_eng, key, parse_cells("BOX_ENG", value)?)?,
                 "BOX_TO" => set(&mut m.box_to, key, parse_cells("BOX_TO", value)?)?,
                 "BOX_ACC" => set(&mut m.box_acc, key, parse_cells("BOX_ACC", value)?)?,
@@ -475,7 +526,7 @@ impl Message {
         m.id = id.ok_or(ParseError::Missing("ID"))?;
         m.send = send.ok_or(ParseError::Missing("SEND"))?;
         if let Some(raw) = act_con_raw {
-            m.act_con = Some(parse_matrix(raw, m.cols, m.rows)?);
+            m.act_con = Some(parse_matrix(&raw, m.cols, m.rows)?);
         }
         if let (Some(cols), Some(rows)) = (m.cols, m.rows) {
             let cells = u32::from(cols) * u32::from(rows);
@@ -655,5 +706,65 @@ mod sniff_tests {
         }
         let long = format!("ID={}\n", "1".repeat(MAX_ID_LEN + 1));
         assert_eq!(sniff_id(long.as_bytes()), None);
+    }
+}
+
+#[cfg(test)]
+mod utf8_tests {
+    use super::*;
+
+    /// The spec keeps unknown keys; one that is not UTF-8 is kept too, decoded lossily, and
+    /// the known keys of its frame are read as usual.
+    #[test]
+    fn invalid_utf8_in_an_unknown_key_keeps_the_frame() {
+        let cases: &[(&[u8], (&str, &str))] = &[
+            (b"FW=v2\xff\xfe", ("FW", "v2\u{fffd}\u{fffd}")),
+            (b"N\xc3ME=x", ("N\u{fffd}ME", "x")),
+            (b"  T\xe2\x82=\xe2\x82 ", ("T\u{fffd}", "\u{fffd}")),
+        ];
+        for (line, (key, value)) in cases {
+            let mut frame = b"ACon_V1.0\r\nID=1953\r\nSEND=7\r\nRESET=1\r\n".to_vec();
+            frame.extend_from_slice(line);
+            frame.extend_from_slice(b"\r\nCOLS=2\r\nCLOSE\r\n");
+            let m = Message::parse(&frame)
+                .unwrap_or_else(|e| panic!("{:?}: {e}", String::from_utf8_lossy(&frame)));
+            assert_eq!((m.id.as_str(), m.send), ("1953", 7));
+            assert_eq!((m.reset, m.cols), (Some(true), Some(2)));
+            assert_eq!(m.line_ending, LineEnding::Crlf);
+            assert_eq!(m.extra, vec![(key.to_string(), value.to_string())]);
+
+            // What it kept encodes and parses back to itself.
+            let mut out = Vec::new();
+            m.encode(&mut out);
+            assert_eq!(Message::parse(&out), Ok(m));
+        }
+    }
+
+    #[test]
+    fn invalid_utf8_in_a_known_key_or_the_header_is_still_an_error() {
+        for frame in [
+            &b"ACon_V1.0\nID=19\xff53\nSEND=7\nCLOSE\n"[..],
+            b"ACon_V1.0\nID=1953\nSEND=7\nSTATE=0,\xff\nCLOSE\n",
+            b"ACon_V1.0\nID=1953\nSEND=7\nBOX_ENG = 1\xc3 \nCLOSE\n",
+            b"ACon_V1.\xff\nID=1953\nSEND=7\nCLOSE\n",
+        ] {
+            assert_eq!(
+                Message::parse(frame),
+                Err(ParseError::InvalidUtf8),
+                "{:?}",
+                String::from_utf8_lossy(frame)
+            );
+        }
+    }
+
+    #[test]
+    fn a_line_that_is_not_utf8_and_not_key_value_is_still_an_error() {
+        let frame = b"ACon_V1.0\nID=1953\nSEND=7\n\xff\xfe\nCLOSE\n";
+        assert_eq!(
+            Message::parse(frame),
+            Err(ParseError::NotKeyValue {
+                line: "\u{fffd}\u{fffd}".into()
+            })
+        );
     }
 }
