@@ -42,6 +42,8 @@ pub trait PacketHandler: Send + Sync + 'static {
     /// The client is (re)connected to the broker and subscribed: packets published while it was
     /// away may be lost, so pending pushes should be re-sent.
     fn connected(&self);
+    /// The client lost the broker (it reconnects by itself); `/readyz` says so meanwhile.
+    fn disconnected(&self) {}
 }
 
 /// A bus that drops everything: for a server started without MQTT, and for tests of the core

@@ -616,6 +616,7 @@ impl MqttConnection {
                     if connected {
                         connected = false;
                         awaiting_suback = false;
+                        handler.disconnected();
                         warn!(%broker, error = %e, retry_in = ?backoff, "lost the connection to the MQTT broker; reconnecting{hint}");
                     } else if let Some(held_back) = retry_log.check() {
                         warn!(%broker, error = %e, retry_in = ?backoff, failed_attempts = held_back + 1, "cannot connect to the MQTT broker; retrying{hint}");

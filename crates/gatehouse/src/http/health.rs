@@ -65,6 +65,11 @@ impl PacketHandler for WatchLink {
         self.ready.mqtt_up.store(true, Ordering::Relaxed);
         self.inner.connected();
     }
+
+    fn disconnected(&self) {
+        self.ready.mqtt_up.store(false, Ordering::Relaxed);
+        self.inner.disconnected();
+    }
 }
 
 pub(super) async fn healthz() -> Response {

@@ -131,18 +131,35 @@ async fn readyz_is_503_until_the_external_broker_is_reached() {
 
     m.restart().await;
     // The client retries with backoff up to 5 s.
+    wait_readyz(&s, 200).await;
+    let v: Value = s
+        .http
+        .get(s.url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v, json!({"ready": true}));
+    // The broker goes away: unready again until the client is back.
+    m.stop();
+    wait_readyz(&s, 503).await;
+    m.restart().await;
+    wait_readyz(&s, 200).await;
+}
+
+async fn wait_readyz(s: &Server, want: u16) {
     let mut last = None;
     for _ in 0..120 {
         let r = s.http.get(s.url("/readyz")).send().await.unwrap();
-        if r.status() == 200 {
-            let v: Value = r.json().await.unwrap();
-            assert_eq!(v, json!({"ready": true}));
+        if r.status() == want {
             return;
         }
         last = Some(r.status());
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    panic!("/readyz stayed {last:?} after Mosquitto started");
+    panic!("/readyz stayed {last:?}, never {want}");
 }
 
 async fn metrics_text(s: &Server, token: bool) -> (u16, String) {
