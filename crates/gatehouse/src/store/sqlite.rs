@@ -57,6 +57,13 @@ const PROBLEM_LOG_EVERY: Duration = Duration::from_secs(60);
 /// database of many gigabytes it would delay every start by minutes.
 const QUICK_CHECK_LIMIT: Duration = Duration::from_secs(10);
 
+/// While units keep coming, a retention step is followed by this many times its duration of
+/// other work (a pass takes at most 1/(1 + this) of the writer, and of a CPU-bound machine).
+const STEP_SPACING: u32 = 19;
+
+/// The writer counts as idle (retention steps back to back) this long after the last unit.
+const IDLE: Duration = Duration::from_millis(100);
+
 /// The WAL is truncated back to this after a checkpoint (it can grow while a backup reads).
 const WAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
 
@@ -262,6 +269,7 @@ impl SqliteStore {
             retention,
             pass: None,
             next_step: now,
+            last_unit: now,
         };
         let writer = std::thread::Builder::new()
             .name("store-writer".into())
@@ -519,8 +527,10 @@ struct Writer {
     /// When the next retention pass starts (`None`: no retention).
     next_pass: Option<Instant>,
     pass: Option<Pass>,
-    /// The earliest time for the pass's next step.
+    /// The earliest time for the pass's next step while units keep coming.
     next_step: Instant,
+    /// When the last unit arrived.
+    last_unit: Instant,
 }
 
 type Done = oneshot::Sender<StoreResult<()>>;
@@ -549,6 +559,7 @@ impl Writer {
                         match req {
                             Request::Unit(w, done, u, at) => {
                                 self.shared.queue_depth.fetch_sub(1, Ordering::Relaxed);
+                                self.last_unit = at;
                                 urgent |= u;
                                 batch.push((w, done, at));
                             }
@@ -608,7 +619,7 @@ impl Writer {
     fn next_timer(&self) -> Instant {
         let mut t = self.last_check + CHECK_EVERY;
         if self.pass.is_some() {
-            t = t.min(self.next_step);
+            t = t.min(self.next_step.min(self.last_unit + IDLE));
         } else if let Some(p) = self.next_pass {
             t = t.min(p);
         }
@@ -640,7 +651,8 @@ impl Writer {
                 _ => return,
             }
         }
-        if now < self.next_step {
+        // Busy: one step per [`STEP_SPACING`] times its duration; idle: back to back.
+        if now < self.next_step && now < self.last_unit + IDLE {
             return;
         }
         let Some(pass) = self.pass.as_mut() else {
@@ -649,8 +661,7 @@ impl Writer {
         let heads = lock_heads(&self.heads).clone();
         let t0 = Instant::now();
         let r = pass.step(&mut self.conn, &self.retention, &heads);
-        // Four times the step's duration for other work before the next one.
-        self.next_step = Instant::now() + t0.elapsed() * 4;
+        self.next_step = Instant::now() + t0.elapsed() * STEP_SPACING;
         match r {
             Ok(None) => {}
             Ok(Some(done)) => {
