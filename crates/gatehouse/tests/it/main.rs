@@ -5,6 +5,7 @@ mod api;
 mod common;
 mod config;
 mod durability;
+mod limits;
 mod mqtt_access;
 mod skaben;
 mod tools;
