@@ -125,7 +125,11 @@ pub fn plan(
         Some(m) => {
             // ACon's part in proportion to what it asked; MQTT gets what is left.
             let acon = ((available as u128 * acon_wanted as u128) / asked as u128) as usize;
-            let acon = acon.max(1);
+            // MQTT keeps at least its smallest share.
+            let acon = acon.clamp(
+                1,
+                (available - MqttShare::for_connections(1).fds()) as usize,
+            );
             let left = available - acon as u64;
             // The largest cap whose share (connections + handshakes) fits what is left.
             let mut lo = 1usize;

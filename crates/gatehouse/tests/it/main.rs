@@ -8,6 +8,7 @@ mod durability;
 mod http;
 mod limits;
 mod mqtt_access;
+mod net_limits;
 mod skaben;
 mod store;
 mod tools;
