@@ -308,10 +308,13 @@ fn fit_in_fd_budget(s: &mut Settings) -> anyhow::Result<()> {
         }
     };
     let embedded = matches!(s.mqtt, MqttSettings::Embedded { .. });
-    let b = crate::gateway::budget::plan(
+    // Each HTTP listener (the API, and `--metrics-listen` if set) has its own cap.
+    let http_listeners = 1 + u64::from(s.metrics_listen.is_some());
+    let b = crate::gateway::budget::plan_with_http(
         limit,
         s.acon.max_connections,
         embedded.then_some(s.mqtt_limits.max_connections),
+        s.http.max_connections as u64 * http_listeners,
     )?;
     for w in &b.warnings {
         warn!("{w}");

@@ -87,15 +87,25 @@ pub struct BudgetError {
 }
 
 /// Splits `limit` descriptors: the reserve and HTTP first, then ACon and (with the embedded
-/// broker, `mqtt_wanted`) MQTT. Caps that fit are kept; otherwise both are lowered in
-/// proportion to what was asked, each with a warning naming its setting.
+/// broker, `mqtt_wanted`) MQTT. Caps that fit are kept; otherwise a cap that asks for at
+/// most half of what is left keeps it and the other is lowered, or both get half, each
+/// lowered cap with a warning naming its setting.
 pub fn plan(
     limit: u64,
     acon_wanted: usize,
     mqtt_wanted: Option<usize>,
 ) -> Result<FdBudget, BudgetError> {
+    plan_with_http(limit, acon_wanted, mqtt_wanted, HTTP_CONNECTIONS_BUDGET)
+}
+
+/// [`plan`] with the HTTP listeners' own cap (`--http-max-connections`, times the listeners).
+pub fn plan_with_http(
+    limit: u64,
+    acon_wanted: usize,
+    mqtt_wanted: Option<usize>,
+    http: u64,
+) -> Result<FdBudget, BudgetError> {
     let reserve = RESERVE_MIN.max(limit / 100 * RESERVE_PERCENT);
-    let http = HTTP_CONNECTIONS_BUDGET;
     let minimum = 1 + mqtt_wanted.map_or(0, |_| MqttShare::for_connections(1).fds());
     let available = limit.saturating_sub(reserve + http);
     if available < minimum {
@@ -123,8 +133,17 @@ pub fn plan(
     let (acon, mqtt) = match wanted_mqtt {
         None => (available as usize, None),
         Some(m) => {
-            // ACon's part in proportion to what it asked; MQTT gets what is left.
-            let acon = ((available as u128 * acon_wanted as u128) / asked as u128) as usize;
+            // A listener that asks for at most half keeps its ask, the other gets the rest;
+            // when both ask for more, each gets half. (Not in proportion: a small cap, like a
+            // bench's 2 boards beside 10 000 MQTT clients, would shrink to nothing.)
+            let half = available / 2;
+            let acon = if m.fds() <= half {
+                (available - m.fds()).min(acon_wanted as u64) as usize
+            } else if acon_wanted as u64 <= half {
+                acon_wanted
+            } else {
+                half as usize
+            };
             // MQTT keeps at least its smallest share.
             let acon = acon.clamp(
                 1,
@@ -189,16 +208,29 @@ mod tests {
     }
 
     #[test]
-    fn caps_that_do_not_fit_are_lowered_in_proportion_with_a_warning_each() {
+    fn caps_that_do_not_fit_are_lowered_with_a_warning_each() {
+        // Both ask for more than half: half each.
         let b = plan(20_000, 20_000, Some(10_000)).unwrap();
         assert_eq!(b.reserve, 1000);
         assert!(total(&b) <= 20_000, "{b:?}");
-        assert!(b.acon < 20_000 && b.acon > 10_000, "{b:?}");
+        assert_eq!(b.acon, (20_000 - 1000 - 512) / 2, "{b:?}");
         let m = b.mqtt.unwrap();
-        assert!(m.connections < 10_000 && m.connections > 4_000, "{b:?}");
+        assert!(m.connections < 10_000 && m.connections > 7_000, "{b:?}");
         assert_eq!(b.warnings.len(), 2);
         assert!(b.warnings[0].contains("--acon-max-connections"));
         assert!(b.warnings[1].contains("--mqtt-max-connections"));
+    }
+
+    #[test]
+    fn a_small_cap_keeps_its_ask_and_the_other_takes_the_rest() {
+        // A test process's default limit (1024): 2 boards beside the MQTT default.
+        let b = plan(1024, 2, Some(10_000)).unwrap();
+        assert_eq!(b.acon, 2, "{b:?}");
+        assert!(total(&b) <= 1024, "{b:?}");
+        assert_eq!(b.warnings.len(), 1, "only MQTT lowered: {b:?}");
+        let b = plan(1024, 10_000, Some(10)).unwrap();
+        assert_eq!(b.mqtt.unwrap().connections, 10, "{b:?}");
+        assert!(total(&b) <= 1024, "{b:?}");
     }
 
     #[test]
