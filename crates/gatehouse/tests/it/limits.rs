@@ -160,3 +160,40 @@ async fn an_acon_board_over_its_message_rate_is_cut_off_and_others_are_served() 
     let mut again = s.board().await;
     again.exchange(&msg("1953", 41, "")).await;
 }
+
+/// A device asking again and again for a big config does not store a copy of it each time:
+/// the message row keeps the first 4 KiB of what went out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_big_config_sent_in_answer_is_kept_as_an_excerpt() {
+    let b = Bench::start(Broker::Embedded).await;
+    let mut lock = b.prop("lock", &[&format!("lock/{LOCK}/#")]).await;
+    lock.send(&format!("ask/lock/{LOCK}/cup"), json!({"timestamp": 1}))
+        .await;
+    lock.recv_on(&format!("lock/{LOCK}/cup")).await;
+    let (s, _) = b
+        .server
+        .send(
+            Method::PUT,
+            &format!("/api/devices/lock/{LOCK}/config"),
+            Some(json!({"big": "y".repeat(64 * 1024)})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    lock.recv_on(&format!("lock/{LOCK}/cup")).await;
+    lock.send(&format!("ask/lock/{LOCK}/cup"), json!({"timestamp": 2}))
+        .await;
+    let cup = lock.recv_on(&format!("lock/{LOCK}/cup")).await;
+    assert!(cup.to_string().len() > 64 * 1024, "the device gets it all");
+    let msgs = b
+        .until(&format!("/api/devices/lock/{LOCK}/messages"), |v| {
+            v.as_array().is_some_and(|a| a.len() == 2)
+        })
+        .await;
+    let answer = msgs[0]["answer"].as_str().unwrap();
+    assert!(
+        answer.starts_with(&format!("lock/{LOCK}/cup ")),
+        "{}",
+        &answer[..80]
+    );
+    assert!(answer.len() <= 4096 + 4, "{}", answer.len());
+}

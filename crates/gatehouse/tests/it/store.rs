@@ -218,6 +218,13 @@ async fn the_database_deleted_while_running_stops_answers_and_marks_the_store_un
         "/api/stats counts the failed units: {stats}"
     );
     assert_eq!(stats["store_failures"].as_u64(), Some(h.failures));
+    // Unready, and /readyz says why (without the path: it reveals nothing).
+    let r = reqwest::get(format!("http://{}/readyz", running.http_addr))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert!(v["reasons"].to_string().contains("store"), "{v}");
     // It stays so: nothing written from now on would survive a restart.
     let mut c = Board::connect(running.acon_addr).await;
     c.write(msg("82", 1, "").as_bytes()).await;

@@ -42,6 +42,9 @@ pub enum TypeKind {
     Dumb,
 }
 
+/// The most of a packet's answer (the CUPs sent) its message row keeps, bytes.
+pub const KEPT_ANSWER: usize = 4096;
+
 /// A device type, as stored and shown by the API.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeviceType {
@@ -839,11 +842,23 @@ impl State {
                 }
             }
         };
+        // What went out in answer, kept to its first bytes: a CUP carries the whole config,
+        // which the device's versioned config already holds; a device asking for a big
+        // config again and again must not fill the store with copies of it.
         let answer = out
             .iter()
             .map(|c| format!("{} {}", c.topic, c.payload))
             .collect::<Vec<_>>()
             .join("\n");
+        let answer = if answer.len() > KEPT_ANSWER {
+            let mut end = KEPT_ANSWER;
+            while !answer.is_char_boundary(end) {
+                end -= 1;
+            }
+            format!("{}…", &answer[..end])
+        } else {
+            answer
+        };
         fx.writes.push(Write::Message(MessageRecord {
             device: key.clone(),
             at: fx.now,
