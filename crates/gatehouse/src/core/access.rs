@@ -29,7 +29,7 @@ use sha2::{Digest, Sha256};
 
 use super::change::{Effects, State};
 use super::event::{Event, SERVER};
-use super::{CoreError, Outcome, invalid};
+use super::{CoreError, Outcome, clip_text, invalid};
 use crate::store::{CredentialRecord, StoreError, Write};
 
 /// The topic prefix of device → server packets.
@@ -271,7 +271,8 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+/// Whether two secrets are equal, in a time that does not depend on where they differ.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -512,9 +513,9 @@ impl State {
             Event::MqttRefused {
                 action: r.action.to_string(),
                 reason: r.reason.to_string(),
-                client_id: clip(&r.client_id, 128),
+                client_id: clip_text(&r.client_id, 128),
                 user: r.user,
-                topic: r.topic.map(|t| clip(&t, 256)),
+                topic: r.topic.map(|t| clip_text(&t, 256)),
                 addr: r.addr,
                 refused_since,
             },
@@ -532,17 +533,6 @@ pub struct Refusal {
     pub user: Option<String>,
     pub topic: Option<String>,
     pub addr: Option<String>,
-}
-
-fn clip(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
 }
 
 #[cfg(test)]

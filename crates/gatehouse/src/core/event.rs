@@ -48,12 +48,8 @@ impl Event {
                 truncated_from: None,
             };
         }
-        let mut end = INFO_KEPT;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
         Event::Info {
-            datahold: Value::String(format!("{}…", &text[..end])),
+            datahold: Value::String(super::clip_text(&text, INFO_KEPT)),
             truncated_from: Some(text.len()),
         }
     }

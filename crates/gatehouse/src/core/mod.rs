@@ -99,6 +99,19 @@ pub enum CoreError {
     Store(#[from] StoreError),
 }
 
+/// `s` whole if it has at most `max` bytes, else its first bytes (cut at a character
+/// boundary) and `…`: what events and rows keep of text a device or a client chose.
+pub(crate) fn clip_text(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
 pub(crate) fn invalid(field: &'static str, reason: impl Into<String>) -> CoreError {
     CoreError::Invalid {
         field,

@@ -198,7 +198,12 @@ async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Respon
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     match given {
-        Some(t) if constant_time_eq(t.as_bytes(), state.admin_token.as_bytes()) => {
+        Some(t)
+            if crate::core::access::constant_time_eq(
+                t.as_bytes(),
+                state.admin_token.as_bytes(),
+            ) =>
+        {
             next.run(req).await
         }
         Some(_) => {
@@ -223,10 +228,6 @@ async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Respon
             r
         }
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Parses a JSON body into `T`, with errors that name the field.

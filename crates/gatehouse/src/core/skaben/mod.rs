@@ -850,15 +850,7 @@ impl State {
             .map(|c| format!("{} {}", c.topic, c.payload))
             .collect::<Vec<_>>()
             .join("\n");
-        let answer = if answer.len() > KEPT_ANSWER {
-            let mut end = KEPT_ANSWER;
-            while !answer.is_char_boundary(end) {
-                end -= 1;
-            }
-            format!("{}…", &answer[..end])
-        } else {
-            answer
-        };
+        let answer = super::clip_text(&answer, KEPT_ANSWER);
         fx.writes.push(Write::Message(MessageRecord {
             device: key.clone(),
             at: fx.now,
