@@ -32,6 +32,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the server (embedded SQLite store under --data-dir; nothing else to install).
@@ -50,6 +52,83 @@ pub enum Command {
     /// server, put the copy in place as <data dir>/gatehouse.db, start it (README, "Backup and
     /// restore").
     Backup(BackupArgs),
+    /// The game's rules: import and export a rule file (against a running server with --url
+    /// and --token, or a stopped server's --data-dir), test a rule file on a sample event
+    /// without a server, replay a rule file over a recorded game (docs/scenarios.md).
+    #[command(subcommand)]
+    Rules(RulesCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RulesCommand {
+    /// Replace the server's rules and state definitions with FILE (checked as a whole; an
+    /// error names the rule, the field and the reason).
+    Import(RulesImportArgs),
+    /// Print the server's rule file (TOML; export → import → export gives the same bytes).
+    Export(RulesTarget),
+    /// Dry-run FILE on the sample event in EVENT (JSON: {"kind": "info", "device":
+    /// "pwr/all", "datahold": {...}, "state": {"level": "blue"}}): prints every rule's trace.
+    /// Needs no server; changes nothing.
+    Test(RulesTestArgs),
+    /// Replay FILE over the recorded events of a game run (--run) or a time window
+    /// (--from/--to), against the state as it was: prints what would have differed.
+    Replay(RulesReplayArgs),
+}
+
+/// Where the rules are: a running server (--url, --token) or a stopped one's data directory.
+#[derive(Args, Debug, Clone)]
+pub struct RulesTarget {
+    /// A running server's HTTP address (http://127.0.0.1:8080).
+    #[arg(
+        long,
+        env = "GATEHOUSE_URL",
+        value_name = "URL",
+        conflicts_with = "data_dir"
+    )]
+    pub url: Option<String>,
+    /// The API token (the data directory's admin-token file).
+    #[arg(long, env = "GATEHOUSE_TOKEN", value_name = "TOKEN", requires = "url")]
+    pub token: Option<String>,
+    /// A stopped server's data directory.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RulesImportArgs {
+    /// The rule file (TOML).
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub target: RulesTarget,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RulesTestArgs {
+    /// The rule file (TOML).
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// The sample event (JSON).
+    #[arg(value_name = "EVENT")]
+    pub event: PathBuf,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RulesReplayArgs {
+    /// The rule file to replay (TOML); without it, the server's own rules.
+    #[arg(value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// A recorded game run (GET /api/runs).
+    #[arg(long, value_name = "N", conflicts_with_all = ["from", "to"])]
+    pub run: Option<u64>,
+    /// The window's start (RFC 3339).
+    #[arg(long, value_name = "TIME")]
+    pub from: Option<String>,
+    /// The window's end (RFC 3339; default now).
+    #[arg(long, value_name = "TIME", requires = "from")]
+    pub to: Option<String>,
+    #[command(flatten)]
+    pub target: RulesTarget,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -291,6 +370,12 @@ pub struct ServeArgs {
     )]
     pub skaben_max_payload_bytes: u32,
 
+    /// The venue's time zone for rule schedules (`when = { schedule = "…" }`), an IANA name
+    /// such as `Europe/Moscow`; a rule file's `game.timezone` wins. Default: the system's
+    /// zone (UTC when it has none).
+    #[arg(long, env = "GATEHOUSE_TIMEZONE", value_name = "ZONE", value_parser = parse_zone)]
+    pub timezone: Option<String>,
+
     /// Address of the embedded MQTT broker the SKABEN props connect to (port 0: any free port,
     /// logged at start). Not used with --mqtt-url.
     #[arg(
@@ -443,6 +528,10 @@ fn parse_allow(s: &str) -> Result<AllowList, String> {
     })
 }
 
+fn parse_zone(s: &str) -> Result<String, String> {
+    crate::core::game::schedule::zone(Some(s)).map(|_| s.to_string())
+}
+
 fn secs(v: f64) -> Duration {
     Duration::from_secs_f64(v)
 }
@@ -472,6 +561,7 @@ impl ServeArgs {
                 acon_max_messages_per_sec: self.acon_max_messages_per_sec,
                 skaben_max_packets_per_sec: self.skaben_max_packets_per_sec,
                 skaben_max_payload_bytes: self.skaben_max_payload_bytes as usize,
+                timezone: self.timezone.clone(),
             },
             mqtt: match &self.mqtt_url {
                 Some(url) => MqttSettings::External { url: url.clone() },

@@ -7,5 +7,6 @@ pub mod clock;
 pub mod core;
 pub mod gateway;
 pub mod http;
+pub mod rules_cli;
 pub mod server;
 pub mod store;

@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use gatehouse::cli::{self, BenchCommand, Command, MqttCommand, SimulateCommand};
+use gatehouse::rules_cli;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -54,6 +55,7 @@ fn main() -> ExitCode {
             }
             Command::Mqtt(MqttCommand::Acl(args)) => mqtt_acl(&args),
             Command::Backup(args) => backup(&args),
+            Command::Rules(cmd) => rules_cli::run(cmd).await,
         }
     });
     match result {

@@ -250,6 +250,22 @@ pub async fn start(mut s: Settings) -> anyhow::Result<Running> {
         rx.clone(),
     )));
     tasks.push(tokio::spawn(presence_sweeper(hub.clone(), rx.clone())));
+    // The rule engine: the rules each committed event triggers, then timers, drift and
+    // schedules four times a second.
+    tasks.push(hub.start_engine(rx.clone()));
+    let h = hub.clone();
+    tasks.push(tokio::spawn(every(
+        Duration::from_millis(250),
+        rx.clone(),
+        move || {
+            h.game_tick(now_ms());
+            std::future::ready(())
+        },
+    )));
+    {
+        let g = hub.game_snapshot(now_ms());
+        info!(rules = g.rules, level = %g.level, counter = g.counter, timers = g.timers.len(), "game loaded");
+    }
     // PING to every active SKABEN type every `ping_interval`.
     let ping_every = Duration::from_millis(
         u64::try_from(hub.config().ping_interval_ms)
@@ -374,7 +390,7 @@ async fn presence_sweeper(hub: Arc<Hub>, shutdown: watch::Receiver<bool>) {
 }
 
 /// One gatehouse per data directory: a second one would answer from a stale table.
-fn lock_data_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
+pub fn lock_data_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
     let path = dir.join("lock");
     let f = std::fs::OpenOptions::new()
         .create(true)

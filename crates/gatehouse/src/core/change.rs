@@ -61,6 +61,10 @@ pub struct Effects {
     /// MQTT sessions to disconnect, by the identity they logged in as (a credential's
     /// subject key): its credential was revoked or rotated.
     pub disconnects: Vec<String>,
+    /// The rule firing these effects belong to: every event recorded carries it.
+    pub cause: Option<super::event::Cause>,
+    /// Webhook calls to hand to the sender once the unit is submitted (never awaited).
+    pub webhooks: Vec<crate::gateway::webhook::WebhookCall>,
     /// The caller waits for the commit (`true`), or nobody does and the store may hold the
     /// unit a moment to commit it with others (`false`: records of packets that need no
     /// acknowledgement once durable).
@@ -76,6 +80,8 @@ impl Effects {
             publishes: Vec::new(),
             counts: Counts::default(),
             disconnects: Vec::new(),
+            cause: None,
+            webhooks: Vec::new(),
             wait: true,
         }
     }
@@ -87,6 +93,7 @@ impl Effects {
             device,
             actor: actor.to_string(),
             event,
+            cause: self.cause.clone(),
         });
     }
 
@@ -145,6 +152,8 @@ pub struct State {
     pub(crate) credentials: HashMap<String, super::access::Credential>,
     /// Per device: the token bucket of its packet/message rate.
     buckets: HashMap<String, Bucket>,
+    /// The game: rule set, level, counter, variables, timers, runs.
+    pub(crate) game: super::game::Game,
 }
 
 /// A token bucket: `tokens` left at time `at` (ms).
@@ -174,6 +183,7 @@ impl State {
             next_task: u64::try_from(now).unwrap_or(1),
             credentials: HashMap::new(),
             buckets: HashMap::new(),
+            game: super::game::Game::empty(now),
         }
     }
 

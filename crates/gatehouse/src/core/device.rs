@@ -148,6 +148,7 @@ impl Device {
             device: Some(self.key()),
             actor: SERVER.into(),
             event,
+            cause: None,
         }
     }
 

@@ -55,6 +55,15 @@ impl Event {
     }
 }
 
+/// What caused an event a rule's action made: the rule, the firing (its `rule_fired` event
+/// carries the same id and the trigger), and the firing's depth in its chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Cause {
+    pub rule: String,
+    pub firing: u64,
+    pub depth: u32,
+}
+
 /// What happened. Field names are the stored `data` keys; optional fields are left out when
 /// they do not apply (a board has a peer, a prop a topic).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -389,6 +398,99 @@ pub enum Event {
         limit: String,
         closed_since: u64,
     },
+
+    // ---- the game ----
+    /// A state variable changed: `name` is `level`, `counter` or a user variable; the state
+    /// after the change is `state`.
+    StateChanged {
+        name: String,
+        from: Value,
+        to: Value,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+        state: super::game::Snapshot,
+    },
+    /// A rule fired: its trace.
+    RuleFired(Box<super::game::engine::Trace>),
+    /// A chain of firings reached the depth limit: `rule` did not fire for `trigger`.
+    RuleChainStopped {
+        rule: String,
+        depth: u32,
+        limit: u32,
+        trigger: Value,
+    },
+    /// A rule fired more often than its rate allows and is paused until `until` (RFC 3339).
+    RulePaused {
+        rule: String,
+        per_sec: u32,
+        until: String,
+    },
+    /// A rule set was imported (replacing the rules and the state definitions).
+    RulesImported {
+        rules: usize,
+        levels: usize,
+        hash: String,
+    },
+    /// One rule was created, replaced or deleted through the API.
+    RuleChanged {
+        rule: String,
+        change: String,
+    },
+    TimerStarted {
+        name: String,
+        secs: u64,
+        game_time: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        due_at: Option<String>,
+    },
+    TimerCancelled {
+        name: String,
+        reason: String,
+    },
+    /// A timer fired, `late_ms` after its time (a server that was down fires it at start).
+    TimerFired {
+        name: String,
+        late_ms: i64,
+        started_by: String,
+    },
+    RunStarted {
+        run: u64,
+        initial: super::game::Snapshot,
+    },
+    RunPaused {
+        run: u64,
+        game_ms: i64,
+    },
+    RunResumed {
+        run: u64,
+        game_ms: i64,
+    },
+    RunEnded {
+        run: u64,
+        game_ms: i64,
+    },
+    /// The game went back to its initial state (levels, counter, variables, pushes).
+    GameReset {
+        state: super::game::Snapshot,
+    },
+    /// A level (or counter) push to a type could not be made.
+    GamePushFailed {
+        #[serde(rename = "type")]
+        device_type: String,
+        level: String,
+        reason: String,
+    },
+    /// A webhook call ended (`status` 2xx: delivered).
+    WebhookResult {
+        name: String,
+        url: String,
+        attempts: u32,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        status: Option<u16>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+        elapsed_ms: u64,
+    },
 }
 
 /// The details of a registration or an identity change.
@@ -425,6 +527,9 @@ pub struct RecordedEvent {
     pub device: Option<String>,
     pub actor: String,
     pub event: Event,
+    /// The rule firing that caused it (stored as `data.cause`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cause: Option<Cause>,
 }
 
 impl Event {
@@ -443,7 +548,7 @@ impl Event {
     }
 
     /// The stored columns: the tag, and the other fields as a JSON object.
-    fn split(&self) -> (String, Value) {
+    pub(crate) fn split(&self) -> (String, Value) {
         match serde_json::to_value(self) {
             Ok(Value::Object(mut m)) => {
                 let kind = match m.remove("kind") {
@@ -466,7 +571,13 @@ impl Event {
 impl RecordedEvent {
     /// The row for the `events` table: `kind` from the tag, `data` the other fields.
     pub fn record(&self) -> EventRecord {
-        let (kind, data) = self.event.split();
+        let (kind, mut data) = self.event.split();
+        if let (Some(c), Value::Object(m)) = (&self.cause, &mut data) {
+            m.insert(
+                "cause".into(),
+                serde_json::to_value(c).unwrap_or(Value::Null),
+            );
+        }
         EventRecord {
             at: self.at,
             device: self.device.clone(),
@@ -488,6 +599,7 @@ mod tests {
             device: Some("acon/1".into()),
             actor: DEVICE.into(),
             event: e,
+            cause: None,
         }
         .record();
         (r.kind, serde_json::from_str(&r.data).expect("data is JSON"))

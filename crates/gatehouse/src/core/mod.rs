@@ -28,6 +28,7 @@ pub mod acon;
 pub mod change;
 pub mod device;
 pub mod event;
+pub mod game;
 pub mod skaben;
 #[cfg(test)]
 mod tests;
@@ -84,6 +85,8 @@ pub struct CoreConfig {
     pub skaben_max_packets_per_sec: f64,
     /// Largest SKABEN payload, bytes, unless the type says otherwise; 0: the broker's limit.
     pub skaben_max_payload_bytes: usize,
+    /// The venue's time zone for rule schedules (IANA name); `None`: the system's.
+    pub timezone: Option<String>,
 }
 
 /// Errors of changes, each mapped to an HTTP status by `http`.
@@ -95,6 +98,9 @@ pub enum CoreError {
     Invalid { field: &'static str, reason: String },
     #[error("{0}")]
     Conflict(String),
+    /// A rule file (or one rule) refused: every error found.
+    #[error("{}", .0.first().map(ToString::to_string).unwrap_or_default())]
+    Rules(Vec<game::RuleError>),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -181,6 +187,10 @@ pub struct Stats {
     pub acon_connections: AtomicU64,
     pub mqtt_connections: AtomicU64,
     pub http_connections: AtomicU64,
+    /// Committed events the rule engine did not see: it fell behind the stream.
+    pub rules_lagged: AtomicU64,
+    /// Webhook calls dropped: the queue was full (or the engine not started).
+    pub webhooks_dropped: AtomicU64,
 }
 
 /// Whether a [`Stats`] entry only grows (a Prometheus counter) or goes up and down (a gauge).
@@ -378,6 +388,18 @@ impl Stats {
                 n(&self.mqtt_silent_closed),
             ),
             (
+                "rules_lagged",
+                Counter,
+                "committed events the rule engine skipped: it fell more than 8192 events behind",
+                n(&self.rules_lagged),
+            ),
+            (
+                "webhooks_dropped",
+                Counter,
+                "webhook calls dropped: their queue was full",
+                n(&self.webhooks_dropped),
+            ),
+            (
                 "acon_connections",
                 Gauge,
                 "ACon connections open",
@@ -532,6 +554,8 @@ pub struct Hub {
     /// committed.
     forward: mpsc::UnboundedSender<Forward>,
     events: broadcast::Sender<Arc<RecordedEvent>>,
+    /// The webhook sender, once the engine is started.
+    webhooks: std::sync::OnceLock<crate::gateway::webhook::Webhooks>,
     pub stats: Stats,
 }
 
@@ -577,6 +601,15 @@ impl Hub {
             let c = access::Credential::load(r)?;
             state.credentials.insert(c.username.clone(), c);
         }
+        let game = store.load_game().await?;
+        let row = |k: &str| {
+            game.iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, d)| d.as_str())
+        };
+        state
+            .game_load(row("rules"), row("state"))
+            .map_err(|e| StoreError::Corrupt(format!("the game: {e}")))?;
         let (forward, queue) = mpsc::unbounded_channel();
         let (events, _) = broadcast::channel(SUBSCRIBER_BUFFER);
         tokio::spawn(deliver(queue, events.clone()));
@@ -586,6 +619,7 @@ impl Hub {
             state: Mutex::new(state),
             forward,
             events,
+            webhooks: std::sync::OnceLock::new(),
             stats: Stats {
                 store_failures: store.failure_counter(),
                 ..Stats::default()
@@ -657,10 +691,19 @@ impl Hub {
             publishes,
             disconnects,
             wait,
+            webhooks: fx_webhooks,
             ..
         } = fx;
         for user in disconnects {
             self.bus.disconnect(&user);
+        }
+        for call in fx_webhooks {
+            match self.webhooks.get() {
+                Some(w) if w.send(call) => {}
+                _ => {
+                    self.stats.webhooks_dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
         }
         let commit = if events.is_empty() && writes.is_empty() {
             None

@@ -46,6 +46,7 @@ fn cfg() -> CoreConfig {
         acon_max_messages_per_sec: 0.0,
         skaben_max_packets_per_sec: 0.0,
         skaben_max_payload_bytes: 0,
+        timezone: None,
     }
 }
 
@@ -393,6 +394,25 @@ impl Store for Gated {
     }
     fn events(&self, filter: EventFilter) -> crate::store::StoreFuture<'_, Vec<StoredEvent>> {
         self.inner.events(filter)
+    }
+    fn load_game(&self) -> crate::store::StoreFuture<'_, Vec<(String, String)>> {
+        self.inner.load_game()
+    }
+    fn events_between(
+        &self,
+        from: i64,
+        to: i64,
+        after: i64,
+        limit: u32,
+    ) -> crate::store::StoreFuture<'_, Vec<StoredEvent>> {
+        self.inner.events_between(from, to, after, limit)
+    }
+    fn rule_traces(
+        &self,
+        rule: String,
+        limit: u32,
+    ) -> crate::store::StoreFuture<'_, Vec<StoredEvent>> {
+        self.inner.rule_traces(rule, limit)
     }
     fn close(&self) -> crate::store::StoreFuture<'_, ()> {
         self.inner.close()

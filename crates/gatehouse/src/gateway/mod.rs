@@ -8,3 +8,4 @@ pub mod budget;
 pub mod inproc;
 
 pub mod mqtt;
+pub mod webhook;

@@ -9,6 +9,7 @@
 
 mod access;
 mod acon;
+mod game;
 pub mod health;
 mod history;
 pub mod metrics;
@@ -56,6 +57,7 @@ pub fn app(state: AppState) -> Router {
         .merge(skaben::routes())
         .merge(history::routes())
         .merge(access::routes())
+        .merge(game::routes())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
         .layer(middleware::from_fn(json_body))
         .layer(middleware::from_fn_with_state(state.clone(), auth));
@@ -108,6 +110,26 @@ fn is_json(content_type: &str, patch: bool) -> bool {
 async fn json_body(req: Request, next: Next) -> Response {
     if has_body(&req) {
         let patch = req.method() == axum::http::Method::PATCH;
+        // A rule file is imported as it is written: TOML.
+        if req.uri().path() == "/api/rules/import" {
+            let toml = req
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|ct| {
+                    ct.split(';')
+                        .next()
+                        .is_some_and(|e| e.trim().eq_ignore_ascii_case("application/toml"))
+                });
+            if !toml {
+                return ApiError::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "the body must be the rule file, Content-Type: application/toml",
+                )
+                .into_response();
+            }
+            return next.run(req).await;
+        }
         let ct = req
             .headers()
             .get(header::CONTENT_TYPE)
@@ -134,7 +156,9 @@ async fn json_body(req: Request, next: Next) -> Response {
 pub struct ApiError {
     status: StatusCode,
     message: String,
-    field: Option<&'static str>,
+    field: Option<String>,
+    /// More keys of the error object (`rule`, `errors` of a refused rule file).
+    extra: Option<serde_json::Map<String, Value>>,
 }
 
 impl ApiError {
@@ -143,6 +167,7 @@ impl ApiError {
             status,
             message: message.into(),
             field: None,
+            extra: None,
         }
     }
 
@@ -150,7 +175,8 @@ impl ApiError {
         ApiError {
             status: StatusCode::BAD_REQUEST,
             message: message.into(),
-            field: Some(field),
+            field: Some(field.to_string()),
+            extra: None,
         }
     }
 }
@@ -160,6 +186,9 @@ impl IntoResponse for ApiError {
         let mut body = json!({"error": self.message});
         if let Some(f) = self.field {
             body["field"] = json!(f);
+        }
+        if let (Some(extra), Value::Object(m)) = (self.extra, &mut body) {
+            m.extend(extra);
         }
         (self.status, axum::Json(body)).into_response()
     }
@@ -173,6 +202,19 @@ impl From<CoreError> for ApiError {
                 ApiError::field(field, format!("{field}: {reason}"))
             }
             CoreError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, m),
+            CoreError::Rules(errors) => {
+                let first = errors.first();
+                let mut extra = serde_json::Map::new();
+                extra.insert("rule".into(), json!(first.and_then(|e| e.rule.clone())));
+                extra.insert("errors".into(), json!(errors));
+                ApiError {
+                    status: StatusCode::BAD_REQUEST,
+                    message: first
+                        .map_or_else(|| "the rule file was refused".into(), ToString::to_string),
+                    field: first.map(|e| e.field.clone()),
+                    extra: Some(extra),
+                }
+            }
             CoreError::Store(e) => {
                 tracing::error!(error = %e, "store failure in API request");
                 ApiError::new(

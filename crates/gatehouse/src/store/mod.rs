@@ -123,6 +123,12 @@ pub enum Write {
     Credential(CredentialRecord),
     /// Remove the credential with this username.
     DeleteCredential(String),
+    /// Insert or replace a row of the game: `rules` (the rule file, TOML) or `state` (the game
+    /// state, JSON; its shape belongs to `core::game`).
+    Game {
+        key: String,
+        data: String,
+    },
 }
 
 /// A stored message, read back.
@@ -228,6 +234,22 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every MQTT credential.
     fn load_credentials(&self) -> StoreFuture<'_, Vec<CredentialRecord>>;
+
+    /// The game's rows (`rules`, `state`), if any.
+    fn load_game(&self) -> StoreFuture<'_, Vec<(String, String)>>;
+
+    /// Events with `from <= at < to` and `seq > after`, oldest first, at most `limit`: a
+    /// replay's input and a run's timeline, read in pages.
+    fn events_between(
+        &self,
+        from: i64,
+        to: i64,
+        after: i64,
+        limit: u32,
+    ) -> StoreFuture<'_, Vec<StoredEvent>>;
+
+    /// The newest `limit` traces (`rule_fired` events) of a rule, newest first.
+    fn rule_traces(&self, rule: String, limit: u32) -> StoreFuture<'_, Vec<StoredEvent>>;
 
     /// The newest `limit` messages of a device, newest first.
     fn messages(&self, device: String, limit: u32) -> StoreFuture<'_, Vec<StoredMessage>>;

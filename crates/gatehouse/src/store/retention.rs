@@ -313,6 +313,7 @@ impl Pass {
                     }
                     .into(),
                 },
+                cause: None,
             }
             .record()
         });

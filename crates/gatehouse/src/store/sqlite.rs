@@ -134,6 +134,12 @@ const SCHEMA: &[&str] = &[
         hash TEXT NOT NULL,
         created_at INTEGER NOT NULL
     ) WITHOUT ROWID;",
+    // version 4: the game (rule file, state); events by time (replays, run timelines)
+    "CREATE TABLE game (
+        key TEXT PRIMARY KEY,
+        data TEXT NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX events_by_at ON events (at);",
 ];
 
 pub(crate) fn db_err(e: rusqlite::Error) -> StoreError {
@@ -329,6 +335,40 @@ pub fn read_credentials(conn: &Connection) -> StoreResult<Vec<CredentialRecord>>
     .map_err(db_err)?
     .collect::<Result<Vec<_>, _>>()
     .map_err(db_err)
+}
+
+fn event_row(r: &rusqlite::Row) -> rusqlite::Result<StoredEvent> {
+    Ok(StoredEvent {
+        seq: r.get(0)?,
+        record: EventRecord {
+            at: r.get(1)?,
+            device: r.get(2)?,
+            kind: r.get(3)?,
+            actor: r.get(4)?,
+            data: r.get(5)?,
+        },
+    })
+}
+
+/// The game's rows in the database at `path`, read-only (the server may be running).
+pub fn game_at(path: &Path) -> StoreResult<Vec<(String, String)>> {
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| StoreError::Db(format!("cannot open database {}: {e}", path.display())))?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(db_err)?;
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(db_err)?;
+    if version < 4 {
+        return Ok(Vec::new());
+    }
+    let mut stmt = conn
+        .prepare("SELECT key, data FROM game ORDER BY key")
+        .map_err(db_err)?;
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .map_err(db_err)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(db_err)
 }
 
 /// The credentials in the database at `path`, read without the server (which may be running:
@@ -864,6 +904,12 @@ impl Writer {
             let mut uncred = tx
                 .prepare_cached("DELETE FROM credentials WHERE username = ?1")
                 .map_err(db_err)?;
+            let mut game = tx
+                .prepare_cached(
+                    "INSERT INTO game (key, data) VALUES (?1, ?2)
+                     ON CONFLICT (key) DO UPDATE SET data = excluded.data",
+                )
+                .map_err(db_err)?;
             let heads = lock_heads(&self.heads);
             for unit in units {
                 for w in unit {
@@ -904,6 +950,7 @@ impl Writer {
                             .execute(params![c.username, c.subject, c.hash, c.created_at])
                             .map(drop),
                         Write::DeleteCredential(username) => uncred.execute([username]).map(drop),
+                        Write::Game { key, data } => game.execute(params![key, data]).map(drop),
                     }
                     .map_err(db_err)?;
                 }
@@ -1075,6 +1122,55 @@ impl Store for SqliteStore {
         Box::pin(self.read(read_credentials))
     }
 
+    fn load_game(&self) -> StoreFuture<'_, Vec<(String, String)>> {
+        Box::pin(self.read(|conn| {
+            let mut stmt = conn
+                .prepare("SELECT key, data FROM game ORDER BY key")
+                .map_err(db_err)?;
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(db_err)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(db_err)
+        }))
+    }
+
+    fn events_between(
+        &self,
+        from: i64,
+        to: i64,
+        after: i64,
+        limit: u32,
+    ) -> StoreFuture<'_, Vec<StoredEvent>> {
+        Box::pin(self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT seq, at, device, kind, actor, data FROM events
+                     WHERE at >= ?1 AND at < ?2 AND seq > ?3 ORDER BY seq LIMIT ?4",
+                )
+                .map_err(db_err)?;
+            let rows = stmt
+                .query_map(params![from, to, after, limit], event_row)
+                .map_err(db_err)?;
+            rows.collect::<Result<_, _>>().map_err(db_err)
+        }))
+    }
+
+    fn rule_traces(&self, rule: String, limit: u32) -> StoreFuture<'_, Vec<StoredEvent>> {
+        Box::pin(self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT seq, at, device, kind, actor, data FROM events
+                     WHERE kind = 'rule_fired' AND json_extract(data, '$.rule') = ?1
+                     ORDER BY seq DESC LIMIT ?2",
+                )
+                .map_err(db_err)?;
+            let rows = stmt
+                .query_map(params![rule, limit], event_row)
+                .map_err(db_err)?;
+            rows.collect::<Result<_, _>>().map_err(db_err)
+        }))
+    }
+
     fn messages(&self, device: String, limit: u32) -> StoreFuture<'_, Vec<StoredMessage>> {
         let head = lock_heads(&self.heads).get(&device).copied();
         Box::pin(self.read(move |conn| {
@@ -1126,18 +1222,7 @@ impl Store for SqliteStore {
             };
             let mut stmt = conn.prepare_cached(sql).map_err(db_err)?;
             let rows = stmt
-                .query_map(params![filter.device, filter.kind, filter.limit], |r| {
-                    Ok(StoredEvent {
-                        seq: r.get(0)?,
-                        record: EventRecord {
-                            at: r.get(1)?,
-                            device: r.get(2)?,
-                            kind: r.get(3)?,
-                            actor: r.get(4)?,
-                            data: r.get(5)?,
-                        },
-                    })
-                })
+                .query_map(params![filter.device, filter.kind, filter.limit], event_row)
                 .map_err(db_err)?;
             rows.collect::<Result<_, _>>().map_err(db_err)
         }))

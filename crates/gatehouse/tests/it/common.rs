@@ -38,6 +38,7 @@ pub fn settings(dir: &std::path::Path) -> Settings {
             acon_max_messages_per_sec: 0.0,
             skaben_max_packets_per_sec: 0.0,
             skaben_max_payload_bytes: 8192,
+            timezone: None,
         },
         acon: AconLimits {
             max_frame: 64 * 1024,

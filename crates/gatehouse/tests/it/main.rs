@@ -5,6 +5,7 @@ mod api;
 mod common;
 mod config;
 mod durability;
+mod game;
 mod http;
 mod limits;
 mod mqtt_access;

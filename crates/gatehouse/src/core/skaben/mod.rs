@@ -1381,6 +1381,47 @@ impl State {
         })
     }
 
+    /// The game's push of a type's config (a level or counter change): the config replaced
+    /// when it differs (checked like an operator's), then broadcast either way.
+    pub(crate) fn game_type_config(
+        &mut self,
+        fx: &mut Effects,
+        name: &str,
+        config: Value,
+        actor: &str,
+    ) -> Result<(), CoreError> {
+        let t = self.types.get(name).ok_or_else(|| type_not_found(name))?;
+        check_meta(&config)?;
+        if t.def.kind == TypeKind::Smart && !config.is_object() {
+            return Err(invalid(
+                "config",
+                "a smart type's config must be a JSON object",
+            ));
+        }
+        t.check(&config).map_err(|e| invalid("config", e))?;
+        let hash = skaben::config_hash(&config);
+        if hash != t.def.config_hash {
+            let mut def = t.def.clone();
+            def.config = config;
+            def.config_hash = hash;
+            def.config_version += 1;
+            def.updated_at = fx.now;
+            let entry = TypeEntry::new(def.clone()).map_err(|e| invalid("schema", e))?;
+            fx.device_event(
+                &key(name, "all"),
+                actor,
+                Event::TypeChanged {
+                    def: def.clone(),
+                    config_changed: true,
+                },
+            );
+            fx.writes.push(Write::DeviceType(type_record(&def)));
+            self.types.insert(name.to_string(), entry);
+        }
+        self.push_type_config(fx, name, "game", actor);
+        Ok(())
+    }
+
     /// Broadcasts the type config to `<type>/all/cup`.
     pub(crate) fn push_type(
         &mut self,

@@ -319,6 +319,7 @@ mod tests {
             acon_max_messages_per_sec: 20.0,
             skaben_max_packets_per_sec: 50.0,
             skaben_max_payload_bytes: 8192,
+            timezone: None,
         };
         // Task ids start at 1000.
         let mut st = State::new(cfg, 1000);
