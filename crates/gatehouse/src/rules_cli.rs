@@ -185,6 +185,12 @@ pub fn dry_run(
     st.rules_test(&mut fx, &input)
 }
 
+/// The core's defaults, for tests of the engine.
+#[cfg(test)]
+pub(crate) fn default_core_for_tests() -> crate::core::CoreConfig {
+    unreachable_defaults()
+}
+
 fn default_core() -> crate::core::CoreConfig {
     match crate::cli::parse(vec!["gatehouse".into(), "serve".into()]) {
         Ok(crate::cli::Cli {

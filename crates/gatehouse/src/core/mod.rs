@@ -608,7 +608,7 @@ impl Hub {
                 .map(|(_, d)| d.as_str())
         };
         state
-            .game_load(row("rules"), row("state"))
+            .game_load(row("rules"), row("state"), row("access"))
             .map_err(|e| StoreError::Corrupt(format!("the game: {e}")))?;
         let (forward, queue) = mpsc::unbounded_channel();
         let (events, _) = broadcast::channel(SUBSCRIBER_BUFFER);

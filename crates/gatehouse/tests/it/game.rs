@@ -769,3 +769,108 @@ async fn the_rules_command_line() {
     );
     running.shutdown().await.unwrap();
 }
+
+/// A webhook action reaches a real HTTP server with the rendered body; its result is an
+/// event linked to the firing; a webhook that is down fails without holding anything up.
+#[tokio::test]
+async fn webhooks_are_called_and_their_results_recorded() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut c, _)) = listener.accept().await else {
+                return;
+            };
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let mut got = Vec::new();
+                loop {
+                    let n = c.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        break;
+                    }
+                    got.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&got).to_string();
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let len = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        if body.len() >= len {
+                            let _ = tx.send(body.to_string());
+                            let _ = c
+                                .write_all(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n")
+                                .await;
+                            got.clear();
+                        }
+                    }
+                }
+            });
+        }
+    });
+    // Nothing listens on the second URL.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_addr = dead.local_addr().unwrap();
+    drop(dead);
+    let s = Server::start().await;
+    let rules = format!(
+        r#"
+version = 1
+
+[webhooks.scoreboard]
+url = "http://{addr}/hook"
+
+[webhooks.down]
+url = "http://{dead_addr}/hook"
+timeout_secs = 1
+
+[[rules]]
+name = "tell"
+when = {{ event = "cell_opened" }}
+then = [{{ webhook = {{ name = "down" }} }}, {{ webhook = {{ name = "scoreboard", body = {{ board = "{{device}}", cell = {{ "$" = "event.cell" }} }} }} }}]
+"#
+    );
+    let (st, v) = import(&s, &rules).await;
+    assert_eq!(st, 200, "{v}");
+    let mut board = s.board().await;
+    board.exchange(&msg("77", 1, "BOX_ACC=0\n")).await;
+    board.exchange(&msg("77", 2, "BOX_ACC=2\n")).await;
+    let body = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap(),
+        json!({"board": "acon/77", "cell": 2})
+    );
+    let mut results = Vec::new();
+    for _ in 0..100 {
+        let (_, ev) = s.get("/api/events?kind=webhook_result").await;
+        results = ev.as_array().unwrap().clone();
+        if results.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(results.len(), 2, "{results:?}");
+    let ok = results
+        .iter()
+        .find(|e| e["data"]["name"] == "scoreboard")
+        .unwrap();
+    assert_eq!(ok["data"]["status"], 204);
+    assert_eq!(ok["data"]["cause"]["rule"], "tell");
+    let down = results
+        .iter()
+        .find(|e| e["data"]["name"] == "down")
+        .unwrap();
+    assert!(down["data"]["error"].is_string(), "{down}");
+    // The board was answered all along.
+    board.exchange(&msg("77", 3, "")).await;
+}

@@ -598,7 +598,8 @@ impl State {
         };
         fx.events.insert(at, rec);
         fx.cause = saved;
-        self.game_row(fx);
+        // Each change of the game state wrote its row; a firing that changed nothing writes
+        // none.
         out.traces.push(trace);
     }
 
@@ -883,7 +884,7 @@ impl State {
                             locks: Vec::new(),
                             note: format!("added by {actor}"),
                         });
-                        self.game_row(fx);
+                        self.access_row(fx);
                         Some(json!(code))
                     }
                 }
@@ -1191,14 +1192,24 @@ impl State {
                     continue;
                 }
             };
+            // Each key the game sets replaces the device's (an `acl` is the whole list, not
+            // merged into the old one), and the device gets its whole config with `overwrite`:
+            // a merge could never take a code out of a lock's list.
+            let mut config = self.device_view(&key)["config"].clone();
+            if !config.is_object() {
+                config = json!({});
+            }
+            if let (Value::Object(c), Value::Object(p)) = (&mut config, patch) {
+                c.extend(p);
+            }
             let id = key.split_once('/').map_or("", |(_, id)| id).to_string();
             match self.set_config(
                 fx,
                 ty,
                 &id,
                 ConfigEdit {
-                    body: patch,
-                    merge: true,
+                    body: config,
+                    merge: false,
                     if_match: None,
                 },
                 actor,
@@ -1591,6 +1602,7 @@ impl State {
         );
         self.push_level(fx, &rules, &[PushOn::Level, PushOn::Counter], actor);
         self.game_row(fx);
+        self.access_row(fx);
     }
 
     // ---- the rule set ----
@@ -1636,7 +1648,14 @@ impl State {
             }
         }
         s.vars = vars;
-        s.access = init.access;
+        // The file's codes, and the cards rules registered since (a new card at white).
+        let mut access = init.access;
+        for c in std::mem::take(&mut s.access) {
+            if c.note.starts_with("added by rule:") && !access.iter().any(|a| a.code == c.code) {
+                access.push(c);
+            }
+        }
+        s.access = access;
         s.queued.clear();
         self.game.rules = rules.clone();
         self.game.schedule_next.clear();
@@ -1655,7 +1674,19 @@ impl State {
             data: rules.text.clone(),
         });
         self.game_row(fx);
+        self.access_row(fx);
         Ok(rules)
+    }
+
+    /// Writes the access list's row (apart from the state: it can hold thousands of codes and
+    /// changes far less often than the counter).
+    pub(crate) fn access_row(&self, fx: &mut Effects) {
+        fx.writes
+            .retain(|w| !matches!(w, Write::Game { key, .. } if key == "access"));
+        fx.writes.push(Write::Game {
+            key: "access".into(),
+            data: serde_json::to_string(&self.game.state.access).unwrap_or_default(),
+        });
     }
 
     /// Writes the game state row (once per unit: a later write replaces an earlier one).
@@ -1674,6 +1705,7 @@ impl State {
         &mut self,
         rules_text: Option<&str>,
         state_json: Option<&str>,
+        access_json: Option<&str>,
     ) -> Result<(), String> {
         if let Some(text) = rules_text {
             let rules = RuleSet::from_toml(text, &[]).map_err(|e| {
@@ -1689,6 +1721,12 @@ impl State {
                 serde_json::from_str(j).map_err(|e| format!("the stored game state: {e}"))?
             }
             None => GameState::initial(&self.game.rules),
+        };
+        self.game.state.access = match access_json {
+            Some(j) => {
+                serde_json::from_str(j).map_err(|e| format!("the stored access list: {e}"))?
+            }
+            None => self.game.rules.file.access.clone(),
         };
         Ok(())
     }

@@ -488,7 +488,7 @@ pub enum Window {
 }
 
 /// Recorded events one replay reads at most.
-pub const REPLAY_EVENTS_MAX: usize = 200_000;
+pub const REPLAY_EVENTS_MAX: usize = 50_000;
 
 impl Hub {
     /// Replays `rules` (default: the loaded set) over the recorded events of `window`, on a
@@ -517,6 +517,7 @@ impl Hub {
         };
         let mut events = Vec::new();
         let mut after = 0;
+        let mut cut = false;
         loop {
             let page = self.store().events_between(from, to, after, 5000).await?;
             let Some(last) = page.last() else {
@@ -526,6 +527,7 @@ impl Hub {
             events.extend(page);
             if events.len() >= REPLAY_EVENTS_MAX {
                 events.truncate(REPLAY_EVENTS_MAX);
+                cut = true;
                 break;
             }
         }
@@ -552,13 +554,14 @@ impl Hub {
                 })
                 .unwrap_or_else(|| self.lock().game.state.snapshot()),
         };
-        let (out, _) = self.simulate(now, |st, fx| {
+        let (mut out, _) = self.simulate(now, |st, fx| {
             if let Some(file) = rules {
                 st.game_import(fx, file, "replay")
                     .map_err(CoreError::Rules)?;
             }
             Ok(st.replay(&events, &start, from, to))
         })?;
+        out.events_cut = cut;
         Ok(out)
     }
 }

@@ -31,6 +31,8 @@ pub mod matcher;
 pub mod replay;
 pub mod schedule;
 pub mod template;
+#[cfg(test)]
+mod tests;
 pub mod validate;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -50,7 +52,9 @@ pub struct GameState {
     pub counter: i64,
     /// User variables by name (int, string, bool).
     pub vars: BTreeMap<String, Value>,
-    /// The access list as it is now (the file's, plus codes rules added).
+    /// The access list as it is now (the file's, plus codes rules added); stored in a row
+    /// of its own.
+    #[serde(skip)]
     pub access: Vec<def::AccessCode>,
     /// Named timers (durable).
     pub timers: BTreeMap<String, Timer>,

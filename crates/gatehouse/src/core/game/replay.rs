@@ -69,6 +69,9 @@ pub struct ReplayOutcome {
     pub differences: Vec<Difference>,
     /// More differences than [`DIFFERENCES_MAX`] were found.
     pub truncated: bool,
+    /// The window held more than `live::REPLAY_EVENTS_MAX` recorded events: only the first
+    /// ones were replayed (replay a shorter window).
+    pub events_cut: bool,
     pub recorded_end: Snapshot,
     pub replayed_end: Snapshot,
     /// Firings per rule, recorded vs replayed.
@@ -269,6 +272,7 @@ impl State {
                 .count(),
             differences,
             truncated,
+            events_cut: false,
             recorded_end,
             replayed_end: self.game.state.snapshot(),
             by_rule,
