@@ -44,6 +44,9 @@ pub struct Counts {
     pub skaben_too_large: u64,
     pub skaben_rate_limited: u64,
     pub acon_rate_limited: u64,
+    pub rule_firings: u64,
+    pub rule_chains_stopped: u64,
+    pub rule_firings_skipped: u64,
 }
 
 /// What one change makes happen, collected while it runs.

@@ -189,8 +189,16 @@ pub struct Stats {
     pub http_connections: AtomicU64,
     /// Committed events the rule engine did not see: it fell behind the stream.
     pub rules_lagged: AtomicU64,
-    /// Webhook calls dropped: the queue was full (or the engine not started).
-    pub webhooks_dropped: AtomicU64,
+    /// Rule firings (matched and run).
+    pub rule_firings: AtomicU64,
+    /// Chains of firings stopped at the depth limit.
+    pub rule_chains_stopped: AtomicU64,
+    /// Firings that matched and did not run: the rule was paused by its rate, or its mode
+    /// said so.
+    pub rule_firings_skipped: AtomicU64,
+    /// Webhook calls dropped: the queue was full (or the engine not started); shared with
+    /// the delivery task, which hands them over.
+    pub webhooks_dropped: Arc<AtomicU64>,
 }
 
 /// Whether a [`Stats`] entry only grows (a Prometheus counter) or goes up and down (a gauge).
@@ -394,6 +402,24 @@ impl Stats {
                 n(&self.rules_lagged),
             ),
             (
+                "rule_firings",
+                Counter,
+                "rule firings (matched and run)",
+                n(&self.rule_firings),
+            ),
+            (
+                "rule_chains_stopped",
+                Counter,
+                "chains of rule firings stopped at the depth limit",
+                n(&self.rule_chains_stopped),
+            ),
+            (
+                "rule_firings_skipped",
+                Counter,
+                "rule firings that matched but did not run: paused by the rule's rate, or its mode",
+                n(&self.rule_firings_skipped),
+            ),
+            (
                 "webhooks_dropped",
                 Counter,
                 "webhook calls dropped: their queue was full",
@@ -438,6 +464,9 @@ impl Stats {
             (&self.skaben_too_large, c.skaben_too_large),
             (&self.skaben_rate_limited, c.skaben_rate_limited),
             (&self.acon_rate_limited, c.acon_rate_limited),
+            (&self.rule_firings, c.rule_firings),
+            (&self.rule_chains_stopped, c.rule_chains_stopped),
+            (&self.rule_firings_skipped, c.rule_firings_skipped),
         ] {
             if n > 0 {
                 stat.fetch_add(n, Ordering::Relaxed);
@@ -538,6 +567,8 @@ pub enum AconOutcome {
 struct Forward {
     commit: Commit,
     events: Vec<RecordedEvent>,
+    /// Webhook calls of the unit's firings: sent once it is committed.
+    webhooks: Vec<crate::gateway::webhook::WebhookCall>,
     reply: oneshot::Sender<StoreResult<()>>,
 }
 
@@ -554,8 +585,8 @@ pub struct Hub {
     /// committed.
     forward: mpsc::UnboundedSender<Forward>,
     events: broadcast::Sender<Arc<RecordedEvent>>,
-    /// The webhook sender, once the engine is started.
-    webhooks: std::sync::OnceLock<crate::gateway::webhook::Webhooks>,
+    /// The webhook sender, once the engine is started (shared with the delivery task).
+    webhooks: Arc<std::sync::OnceLock<crate::gateway::webhook::Webhooks>>,
     pub stats: Stats,
 }
 
@@ -612,17 +643,28 @@ impl Hub {
             .map_err(|e| StoreError::Corrupt(format!("the game: {e}")))?;
         let (forward, queue) = mpsc::unbounded_channel();
         let (events, _) = broadcast::channel(SUBSCRIBER_BUFFER);
-        tokio::spawn(deliver(queue, events.clone()));
+        let webhooks = Arc::new(std::sync::OnceLock::new());
+        let stats = Stats {
+            store_failures: store.failure_counter(),
+            ..Stats::default()
+        };
+        let dropped = Arc::new(AtomicU64::new(0));
+        tokio::spawn(deliver(
+            queue,
+            events.clone(),
+            webhooks.clone(),
+            dropped.clone(),
+        ));
         Ok(Hub {
             bus,
             cfg,
             state: Mutex::new(state),
             forward,
             events,
-            webhooks: std::sync::OnceLock::new(),
+            webhooks,
             stats: Stats {
-                store_failures: store.failure_counter(),
-                ..Stats::default()
+                webhooks_dropped: dropped,
+                ..stats
             },
             store,
         })
@@ -697,14 +739,7 @@ impl Hub {
         for user in disconnects {
             self.bus.disconnect(&user);
         }
-        for call in fx_webhooks {
-            match self.webhooks.get() {
-                Some(w) if w.send(call) => {}
-                _ => {
-                    self.stats.webhooks_dropped.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }
+
         let commit = if events.is_empty() && writes.is_empty() {
             None
         } else {
@@ -736,6 +771,7 @@ impl Hub {
         match self.forward.send(Forward {
             commit,
             events,
+            webhooks: fx_webhooks,
             reply,
         }) {
             Ok(()) => Some(Commit::new(rx)),
@@ -966,6 +1002,8 @@ impl Hub {
 async fn deliver(
     mut queue: mpsc::UnboundedReceiver<Forward>,
     events: broadcast::Sender<Arc<RecordedEvent>>,
+    webhooks: Arc<std::sync::OnceLock<crate::gateway::webhook::Webhooks>>,
+    dropped: Arc<AtomicU64>,
 ) {
     while let Some(f) = queue.recv().await {
         let r = f.commit.wait().await;
@@ -973,6 +1011,12 @@ async fn deliver(
             for e in f.events {
                 // No subscriber is not an error.
                 let _ = events.send(Arc::new(e));
+            }
+            // A webhook tells the world about a firing: only once it is recorded.
+            for call in f.webhooks {
+                if !webhooks.get().is_some_and(|w| w.send(call)) {
+                    dropped.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
         let _ = f.reply.send(r);

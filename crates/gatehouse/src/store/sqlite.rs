@@ -139,7 +139,9 @@ const SCHEMA: &[&str] = &[
         key TEXT PRIMARY KEY,
         data TEXT NOT NULL
     ) WITHOUT ROWID;
-    CREATE INDEX events_by_at ON events (at);",
+    CREATE INDEX events_by_at ON events (at);
+    CREATE INDEX events_rule_traces ON events (json_extract(data, '$.rule'), seq)
+        WHERE kind = 'rule_fired';",
 ];
 
 pub(crate) fn db_err(e: rusqlite::Error) -> StoreError {

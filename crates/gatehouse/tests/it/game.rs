@@ -50,6 +50,25 @@ async fn set_level(s: &Server, level: &str) -> Value {
     v
 }
 
+/// Polls `GET path` until `pred` holds (10 s at most): what the store holds runs behind the
+/// state in memory by the commits in flight.
+async fn until(s: &Server, path: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let mut last = Value::Null;
+    for _ in 0..500 {
+        let (status, v) = s.get(path).await;
+        if status == 200 && pred(&v) {
+            return v;
+        }
+        last = v;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("GET {path} never matched; last: {last:#}");
+}
+
+fn nonempty(v: &Value) -> bool {
+    v.as_array().is_some_and(|a| !a.is_empty())
+}
+
 fn preset() -> RuleFile {
     RuleFile::from_toml(PRESET).unwrap()
 }
@@ -114,9 +133,12 @@ async fn the_shield_at_blue_moves_the_game_to_cyan_and_the_lamps_follow() {
     let cyan = level_config("rgb", "cyan");
     cup_where(&mut rgb, "rgb/all/cup", |d| *d == cyan).await;
     // The change is an event with its cause: the rule and its firing.
-    let (_, ev) = b
-        .server
-        .get("/api/events?kind=state_changed&limit=10")
+    // (The state in memory runs ahead of the store by the commits in flight: wait for them.)
+    let ev = b
+        .until("/api/events?kind=state_changed&limit=10", |v| {
+            v.as_array()
+                .is_some_and(|a| a.iter().any(|e| e["data"]["to"] == "cyan"))
+        })
         .await;
     let change = ev
         .as_array()
@@ -177,9 +199,11 @@ async fn failed_lock_attempts_cross_into_yellow_and_the_scales_follow() {
         json!({"level": 501, "state": "yellow", "borders": [334, 667, 1000]})
     );
     // Every attempt is logged by the access-log rule.
-    let (_, traces) = b
-        .server
-        .get("/api/rules/lock-access-log/traces?limit=20")
+    // (The state in memory runs ahead of the store by the commits in flight: wait for them.)
+    let traces = b
+        .until("/api/rules/lock-access-log/traces?limit=20", |v| {
+            v.as_array().is_some_and(|a| a.len() >= 11)
+        })
         .await;
     assert_eq!(traces.as_array().unwrap().len(), 11);
     // At yellow a failure adds 25.
@@ -274,9 +298,12 @@ then = [{ engage = { device = "acon/1953", cell = 5, code = "4321", minutes = 10
     assert_eq!(code, "4321");
     assert!((9..=10).contains(&minutes), "{minutes}");
     // The engagement's event links back to the rule.
-    let (_, ev) = s
-        .get("/api/events?device=acon/1953&kind=cell_engaged")
-        .await;
+    let ev = until(
+        &s,
+        "/api/events?device=acon/1953&kind=cell_engaged",
+        nonempty,
+    )
+    .await;
     assert_eq!(ev[0]["actor"], "rule:open-3-gives-5");
     assert_eq!(ev[0]["data"]["cause"]["rule"], "open-3-gives-5");
     // The same opening again (an identical frame) counts nothing: one firing.
@@ -341,10 +368,10 @@ then = [{ set_var = { name = "rang", value = true } }]
     }
     let state = fired.expect("the timer fired after the restart");
     assert!(state["timers"].as_array().unwrap().is_empty(), "{state}");
-    let (_, ev) = s.get("/api/events?kind=timer_fired").await;
+    let ev = until(&s, "/api/events?kind=timer_fired", nonempty).await;
     let late = ev[0]["data"]["late_ms"].as_i64().unwrap();
     assert!(late >= 500, "fired late, with the delay recorded: {late}");
-    let (_, traces) = s.get("/api/rules/on-bell/traces").await;
+    let traces = until(&s, "/api/rules/on-bell/traces", nonempty).await;
     assert_eq!(traces[0]["trace"]["trigger"]["late_ms"], late);
     s.running.unwrap().shutdown().await.unwrap();
 }
@@ -442,7 +469,7 @@ async fn dry_run_traces_equal_live_traces() {
     lock.send(&format!("ask/lock/{LOCK}/info"), lock_attempt(false))
         .await;
     until_state(&b, |v| v["counter"] == 51).await;
-    let (_, live) = b.server.get("/api/rules/lock-failure-adds/traces").await;
+    let live = until(&b.server, "/api/rules/lock-failure-adds/traces", nonempty).await;
     let live = masked(live[0]["trace"].clone());
     let dry_t = dry["traces"]
         .as_array()
@@ -545,6 +572,11 @@ async fn bad_rules_are_refused_on_save_with_the_reason() {
             "line 1, column",
         ),
         (
+            json!({"name": "x", "when": {"event": "info"}, "if": {"event.datahold.powerstate": {"eqq": "aux"}}, "then": [{"log": "hi"}]}),
+            "if.event.datahold.powerstate",
+            "unknown test eqq",
+        ),
+        (
             json!({"name": "x", "when": {"event": "info"}, "if": {"expr": "levle == \"red\""}, "then": [{"log": "hi"}]}),
             "if.expr",
             "line 1, column 1",
@@ -609,6 +641,20 @@ async fn replay_reports_what_a_changed_threshold_changes() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     until_state(&b, |v| v["level"] == "yellow").await;
+    // The operator takes 100 off: back to green (the level follows the counter).
+    let (st, v) = b
+        .server
+        .send(
+            Method::POST,
+            "/api/state/counter",
+            Some(json!({"add": -100, "reason": "mercy"})),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(
+        (v["counter"].as_i64(), v["level"].as_str()),
+        (Some(401), Some("green"))
+    );
     assert_eq!(
         b.server
             .send(Method::POST, "/api/runs/current/end", None)
@@ -624,12 +670,13 @@ async fn replay_reports_what_a_changed_threshold_changes() {
         .await;
     assert_eq!(st, 200, "{same}");
     assert_eq!(same["differences"], json!([]), "{same:#}");
-    // The inputs: the lock's registration and coming online, its 10 INFOs, the run's start
-    // and end.
-    assert_eq!(same["inputs"], 14, "{same:#}");
+    // The inputs: the lock's registration and coming online, its 10 INFOs, the operator's
+    // counter change, the run's start and end.
+    assert_eq!(same["inputs"], 15, "{same:#}");
     assert_eq!(same["recorded_firings"], 20);
     assert_eq!(same["replayed_firings"], 20);
-    assert_eq!(same["replayed_end"]["level"], "yellow");
+    assert_eq!(same["replayed_end"], same["recorded_end"]);
+    assert_eq!(same["replayed_end"]["level"], "green");
 
     // Yellow from 300: the crossing comes four failures earlier.
     let changed = PRESET.replacen("threshold = 500", "threshold = 300", 1);
@@ -656,13 +703,17 @@ async fn replay_reports_what_a_changed_threshold_changes() {
         replayed < recorded,
         "the replayed crossing is earlier: {r:#}"
     );
-    // From yellow on a failure adds 25, not 50: the replayed run ends lower.
-    assert!(
-        r["replayed_end"]["counter"].as_i64().unwrap()
-            < r["recorded_end"]["counter"].as_i64().unwrap(),
+    // From yellow on a failure adds 25, not 50: the replayed run reaches 401 and the
+    // operator's -100 leaves it at 301, still yellow.
+    assert_eq!(
+        r["recorded_end"],
+        json!({"level": "green", "counter": 401, "vars": {}})
+    );
+    assert_eq!(
+        r["replayed_end"],
+        json!({"level": "yellow", "counter": 301, "vars": {}}),
         "{r:#}"
     );
-    assert_eq!(r["recorded_end"]["counter"], 501);
 }
 
 /// `gatehouse rules test` dry-runs a file on a sample without a server; `rules import` and

@@ -144,10 +144,12 @@ pub struct LevelDef {
     pub colour: Option<String>,
 }
 
-/// Every `every_secs` seconds (of game time while a run is on, else wall time) the counter
-/// moves by `by`. Going up it stops at the next level's threshold + 30 when that level is
-/// ingame (so the crossing happens, then the game holds); going down at this level's
-/// threshold − 30 likewise; at a neighbour that is not ingame it stops at the border.
+/// Every `every_secs` seconds (of game time while a run is on, else wall time; not while
+/// paused) the counter moves by `by`, at ingame levels damped at the borders: going up it
+/// stops at the next level's threshold + 30 when that level is ingame (so the crossing
+/// happens, then the game holds) and does not stop when it is not (the last ingame range is
+/// open-ended); going down it stops at this level's threshold − 30 when the level before is
+/// ingame, else at the threshold itself.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Drift {

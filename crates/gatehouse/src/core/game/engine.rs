@@ -294,7 +294,7 @@ impl State {
                 };
                 TimerView {
                     name: t.name.clone(),
-                    game_time: t.due_game_ms.is_some(),
+                    game_time: t.game_time,
                     secs: t.secs,
                     started_at: t.started_at,
                     started_by: t.started_by.clone(),
@@ -542,22 +542,27 @@ impl State {
                 "the chain reached the depth limit ({})",
                 rules.file.game.max_depth
             ));
+            fx.counts.rule_chains_stopped += 1;
             out.traces.push(trace);
             return;
         }
         if from_step == 0 {
             if !self.take_rule_token(fx, rule) {
                 trace.skipped = Some("paused: over its firing rate".into());
+                fx.counts.rule_firings_skipped += 1;
                 out.traces.push(trace);
                 return;
             }
             if let Some(why) = self.mode_blocks(fx, rule, trigger) {
                 trace.skipped = Some(why);
+                fx.counts.rule_firings_skipped += 1;
+                self.game.stats.entry(name.clone()).or_default().skipped += 1;
                 out.traces.push(trace);
                 return;
             }
         }
         self.game.next_firing += 1;
+        fx.counts.rule_firings += 1;
         let actor = format!("rule:{name}");
         let saved = fx.cause.replace(Cause {
             rule: name.clone(),
@@ -1250,6 +1255,7 @@ impl State {
             due_game_ms,
             run: run_id,
             secs,
+            game_time,
             started_at: now,
             started_by: by.to_string(),
             cause: None,
@@ -1363,18 +1369,23 @@ impl State {
         }
         self.drift(fx);
         let rules = self.game.rules.clone();
+        if rules.schedules.is_empty() {
+            return out;
+        }
+        // The zone was checked when the file (or the flag) was given; an error here is a
+        // zone that has gone from the system since, and the bundled database has them all.
+        let Ok(tz) = super::schedule::zone(
+            rules
+                .file
+                .game
+                .timezone
+                .as_deref()
+                .or(self.cfg.timezone.as_deref()),
+        ) else {
+            return out;
+        };
         for (idx, sched) in &rules.schedules {
             let name = &rules.rules[*idx].def.name;
-            let tz = super::schedule::zone(
-                rules
-                    .file
-                    .game
-                    .timezone
-                    .as_deref()
-                    .or(self.cfg.timezone.as_deref()),
-            )
-            .ok();
-            let Some(tz) = tz else { continue };
             let next = *self
                 .game
                 .schedule_next

@@ -223,7 +223,22 @@ impl Hub {
 
     /// Fires the rules a committed event triggers.
     pub fn game_event(&self, e: &crate::core::RecordedEvent, now: i64) {
-        if self.lock().game.rules.rules.is_empty() {
+        // The engine's own bookkeeping triggers nothing: skip it before serializing it.
+        if matches!(
+            e.event,
+            Event::RuleFired(_)
+                | Event::RulePaused { .. }
+                | Event::RuleChainStopped { .. }
+                | Event::WebhookResult { .. }
+                | Event::RulesImported { .. }
+                | Event::RuleChanged { .. }
+                | Event::TimerStarted { .. }
+                | Event::TimerCancelled { .. }
+                | Event::GamePushFailed { .. }
+                | Event::TypeChanged { .. }
+                | Event::Ping { .. }
+        ) || self.lock().game.rules.rules.is_empty()
+        {
             return;
         }
         let Some(t) = Trigger::from_event(e) else {

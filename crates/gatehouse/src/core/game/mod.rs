@@ -93,6 +93,9 @@ pub struct Timer {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run: Option<u64>,
     pub secs: u64,
+    /// Asked to count game time (started without a run, it counts wall time).
+    #[serde(default)]
+    pub game_time: bool,
     pub started_at: i64,
     /// Who started it: an operator's name, or `rule:<name>`.
     pub started_by: String,

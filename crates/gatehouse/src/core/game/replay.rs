@@ -129,6 +129,7 @@ impl State {
         s.queued.clear();
         s.drift_at = None;
         self.game.stats.clear();
+        self.game.schedule_next.clear();
         let mut recorded = Vec::new();
         let mut replayed = Vec::new();
         let mut inputs_at: BTreeMap<i64, Value> = BTreeMap::new();
@@ -136,6 +137,8 @@ impl State {
         let mut recorded_end = start.clone();
         let mut by_rule: BTreeMap<String, (usize, usize)> = BTreeMap::new();
         let mut last_input_at = from;
+        // The time of the last operator command replayed.
+        let mut unit_of: Option<i64> = None;
         for e in events {
             let d = data(e);
             let r = &e.record;
@@ -171,16 +174,32 @@ impl State {
             self.collect(&fx, last_input_at, &mut replayed, &mut by_rule);
             let mut fx = Effects::new(r.at);
             let input = json!({"kind": r.kind, "device": r.device, "actor": r.actor, "at": crate::clock::rfc3339(r.at), "data": d});
-            let operator = r.kind == "state_changed"
-                && r.actor != crate::core::event::DEVICE
-                && r.actor != crate::core::event::SERVER;
+            let person =
+                r.actor != crate::core::event::DEVICE && r.actor != crate::core::event::SERVER;
+            let operator = r.kind == "state_changed" && person;
             if SKIPPED.contains(&r.kind.as_str()) || (r.kind == "state_changed" && !operator) {
                 // The replay's own timers, drift and bookkeeping stand for these.
                 continue;
             }
+            // What an operator's game command did besides the change itself (the level push's
+            // CUPs, …) is in the same unit, at the same time. Replaying the command does it
+            // again.
+            if r.actor != crate::core::event::DEVICE
+                && r.kind != "state_changed"
+                && !r.kind.starts_with("run_")
+                && r.kind != "game_reset"
+                && unit_of == Some(r.at)
+            {
+                continue;
+            }
+            if operator || r.kind.starts_with("run_") || r.kind == "game_reset" {
+                unit_of = Some(r.at);
+            }
             let applied = if operator {
                 // An operator's change happened whatever the rules: apply it, then its chain.
-                self.apply_operator(&mut fx, &d, &r.actor);
+                if !self.apply_operator(&mut fx, &d, &r.actor) {
+                    continue;
+                }
                 true
             } else if r.kind.starts_with("run_") {
                 self.apply_run(&mut fx, &r.kind, &r.actor);
@@ -305,29 +324,39 @@ impl State {
         }
     }
 
-    /// An operator's recorded state change, applied as the operator made it.
-    fn apply_operator(&mut self, fx: &mut Effects, d: &Value, actor: &str) {
+    /// An operator's recorded state change, applied as the operator made it; `false` when it
+    /// was a consequence of the operator's previous change (replaying that makes it).
+    fn apply_operator(&mut self, fx: &mut Effects, d: &Value, actor: &str) -> bool {
         let name = d["name"].as_str().unwrap_or("");
+        let reason = d["reason"].as_str().unwrap_or("");
         match name {
+            // The level followed the operator's counter change.
+            "level" if reason.starts_with("counter ") => false,
             "level" => {
                 if let Some(l) = d["to"].as_str() {
                     let _ = self.game_set_level(fx, l, None, true, actor);
                 }
+                true
             }
+            // An operator's level set reset the counter.
+            "counter" if reason.starts_with("level set to") => false,
             "counter" => {
-                // An operator's level set resets the counter itself: only a bare counter set.
-                if d["reason"]
-                    .as_str()
-                    .is_some_and(|r| r.starts_with("level set to"))
-                {
-                    return;
+                // The operator's change as a difference, so that it applies to the replayed
+                // counter as it did to the recorded one.
+                match (d["from"].as_i64(), d["to"].as_i64()) {
+                    (Some(from), Some(to)) => {
+                        self.game_counter(fx, CounterOp::Add(to - from), None, actor);
+                    }
+                    (_, Some(to)) => {
+                        self.game_counter(fx, CounterOp::Set(to), None, actor);
+                    }
+                    _ => {}
                 }
-                if let Some(n) = d["to"].as_i64() {
-                    self.game_counter(fx, CounterOp::Set(n), None, actor);
-                }
+                true
             }
             var => {
                 let _ = self.game_set_var(fx, var, d["to"].clone(), None, actor);
+                true
             }
         }
     }

@@ -629,6 +629,16 @@ fn check_cond(c: &mut Check, field: &str, key: &str, cond: &Cond) {
             if v.is_null() {
                 c.err(field, "null is not a value (use { exists = false })");
             }
+            if let Value::Object(m) = v {
+                let keys: Vec<&str> = m.keys().map(String::as_str).collect();
+                c.err(
+                    field,
+                    format!(
+                        "unknown test {} (tests: eq, ne, in, not_in, min, max, at_least, at_most, exists, normalize); to compare with a table, write {{ eq = {{ … }} }}",
+                        keys.join(", ")
+                    ),
+                );
+            }
             if key == "level"
                 && let Some(s) = v.as_str()
             {
