@@ -180,6 +180,8 @@ pub const PAUSE_MS: i64 = 10_000;
 pub struct Fired {
     pub traces: Vec<Trace>,
     pub logs: Vec<(String, String)>,
+    /// Keep the traces of evaluations that did not match (dry runs).
+    pub keep_unmatched: bool,
 }
 
 /// An operator's (or a rule's) change to the counter.
@@ -371,18 +373,41 @@ impl State {
     /// Fires the rules that listen to `trigger`, in file order. Returns every evaluation's
     /// trace (the ones that did not match too: a dry run shows them) and the log lines.
     pub fn fire(&mut self, fx: &mut Effects, trigger: &Trigger) -> Fired {
-        let mut out = Fired::default();
+        self.fire_keep(fx, trigger, false)
+    }
+
+    /// [`State::fire`]; with `keep_unmatched` the traces of rules whose conditions did not
+    /// hold are returned too (a dry run shows why a rule did not fire; live, an evaluation
+    /// that does not match costs its tests only).
+    pub fn fire_keep(
+        &mut self,
+        fx: &mut Effects,
+        trigger: &Trigger,
+        keep_unmatched: bool,
+    ) -> Fired {
+        let mut out = Fired {
+            keep_unmatched,
+            ..Fired::default()
+        };
         let rules = self.game.rules.clone();
         let candidates = rules.candidates(&trigger.key);
         if candidates.is_empty() {
             return out;
         }
+        // Built once per trigger, again only after a rule's actions may have changed it.
+        let mut view: Option<View> = None;
         for &i in candidates {
             let rule = &rules.rules[i];
             if !applies(rule, trigger) {
                 continue;
             }
-            self.fire_rule(fx, &rules, rule, trigger, 0, None, &mut out);
+            let v = match view.take() {
+                Some(v) => v,
+                None => self.view(&trigger.event, trigger.device.as_deref()),
+            };
+            if !self.fire_rule(fx, &rules, rule, trigger, 0, None, &v, &mut out) {
+                view = Some(v);
+            }
         }
         out
     }
@@ -399,7 +424,8 @@ impl State {
             device: None,
             depth: 0,
         };
-        self.fire_rule(fx, &rules, rule, &trigger, 0, None, out);
+        let view = self.view(&trigger.event, None);
+        self.fire_rule(fx, &rules, rule, &trigger, 0, None, &view, out);
     }
 
     /// Whether the rule may fire now (its rate), counting the firing.
@@ -439,6 +465,8 @@ impl State {
         false
     }
 
+    /// Evaluates one rule on `view` and, if it matches, runs it. Returns whether its actions
+    /// ran (the state may have changed: the view is stale).
     #[allow(clippy::too_many_arguments)]
     fn fire_rule(
         &mut self,
@@ -448,11 +476,20 @@ impl State {
         trigger: &Trigger,
         from_step: usize,
         late_ms: Option<i64>,
+        view: &View,
         out: &mut Fired,
-    ) {
+    ) -> bool {
+        // The hot path: most evaluations do not match. Test first, without building a trace.
+        if from_step == 0
+            && !out.keep_unmatched
+            && !rule.def.match_.0.iter().all(|(key, cond)| {
+                key == "expr" || matcher::test(matcher::lookup(view, key), cond, rules)
+            })
+        {
+            return false;
+        }
         let name = rule.def.name.clone();
         let depth = trigger.depth + 1;
-        let view = self.view(&trigger.event, trigger.device.as_deref());
         // The conditions, unless this is the rest of a delayed run (they held when it began).
         let mut conditions = Vec::new();
         let mut expr_step = None;
@@ -462,7 +499,7 @@ impl State {
                 if key == "expr" {
                     continue;
                 }
-                let value = matcher::lookup(&view, key);
+                let value = matcher::lookup(view, key);
                 let passed = matcher::test(value, cond, rules);
                 conditions.push(Step {
                     key: key.clone(),
@@ -523,8 +560,10 @@ impl State {
             after: before,
         };
         if !matched {
-            out.traces.push(trace);
-            return;
+            if out.keep_unmatched {
+                out.traces.push(trace);
+            }
+            return false;
         }
         if depth > rules.file.game.max_depth {
             fx.event(
@@ -544,21 +583,21 @@ impl State {
             ));
             fx.counts.rule_chains_stopped += 1;
             out.traces.push(trace);
-            return;
+            return false;
         }
         if from_step == 0 {
             if !self.take_rule_token(fx, rule) {
                 trace.skipped = Some("paused: over its firing rate".into());
                 fx.counts.rule_firings_skipped += 1;
                 out.traces.push(trace);
-                return;
+                return false;
             }
             if let Some(why) = self.mode_blocks(fx, rule, trigger) {
                 trace.skipped = Some(why);
                 fx.counts.rule_firings_skipped += 1;
                 self.game.stats.entry(name.clone()).or_default().skipped += 1;
                 out.traces.push(trace);
-                return;
+                return false;
             }
         }
         self.game.next_firing += 1;
@@ -606,6 +645,7 @@ impl State {
         // Each change of the game state wrote its row; a firing that changed nothing writes
         // none.
         out.traces.push(trace);
+        true
     }
 
     /// Whether the rule's mode keeps this firing from running (`Some(why)`); a `restart`
@@ -1413,6 +1453,7 @@ impl State {
             device: c.device,
             depth: c.depth,
         };
+        let view = self.view(&trigger.event, trigger.device.as_deref());
         self.fire_rule(
             fx,
             &rules,
@@ -1420,6 +1461,7 @@ impl State {
             &trigger,
             c.step,
             (late > 1000).then_some(late),
+            &view,
             out,
         );
         let in_progress = self
@@ -1443,7 +1485,8 @@ impl State {
                 depth: u32::try_from(next["depth"].as_u64().unwrap_or(0)).unwrap_or(0),
             };
             self.game_row(fx);
-            self.fire_rule(fx, &rules, rule, &trigger, 0, None, out);
+            let view = self.view(&trigger.event, trigger.device.as_deref());
+            self.fire_rule(fx, &rules, rule, &trigger, 0, None, &view, out);
         }
     }
 

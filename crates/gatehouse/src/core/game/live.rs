@@ -59,13 +59,13 @@ pub struct TestOutcome {
 impl State {
     /// A trigger and the chain it starts, fired in order on this state (a dry run or a
     /// replay: what the live engine does across commits, done at once).
-    pub fn fire_chain(&mut self, fx: &mut Effects, first: Trigger) -> Fired {
+    pub fn fire_chain(&mut self, fx: &mut Effects, first: Trigger, keep_unmatched: bool) -> Fired {
         let mut out = Fired::default();
         let mut queue = VecDeque::from([first]);
         let mut firings = 0;
         while let Some(t) = queue.pop_front() {
             let start = fx.events.len();
-            let fired = self.fire(fx, &t);
+            let fired = self.fire_keep(fx, &t, keep_unmatched);
             firings += fired.traces.len();
             out.traces.extend(fired.traces);
             out.logs.extend(fired.logs);
@@ -131,7 +131,7 @@ impl State {
         let trigger = sample_trigger(&input.event, fx.now)?;
         let start_events = fx.events.len();
         let start_pub = fx.publishes.len();
-        let fired = self.fire_chain(fx, trigger);
+        let fired = self.fire_chain(fx, trigger, true);
         Ok(TestOutcome {
             traces: fired.traces,
             publishes: fx.publishes[start_pub..]

@@ -34,6 +34,11 @@ const SKIPPED: &[&str] = &[
     "game_push_failed",
 ];
 
+/// The replay's tick (ms).
+const TICK_MS: i64 = 1000;
+/// Ticks between two inputs at most (a day of quiet).
+const TICKS_MAX: i64 = 86_400;
+
 /// Differences reported at most.
 pub const DIFFERENCES_MAX: usize = 500;
 
@@ -137,6 +142,8 @@ impl State {
         let mut recorded_end = start.clone();
         let mut by_rule: BTreeMap<String, (usize, usize)> = BTreeMap::new();
         let mut last_input_at = from;
+        // How far the replay's time has gone (its ticks).
+        let mut clock = from;
         // The time of the last operator command replayed.
         let mut unit_of: Option<i64> = None;
         for e in events {
@@ -169,9 +176,7 @@ impl State {
                 continue;
             }
             // An input: time passes (timers, drift) up to it, then it happens.
-            let mut fx = Effects::new(r.at);
-            self.game_tick(&mut fx);
-            self.collect(&fx, last_input_at, &mut replayed, &mut by_rule);
+            self.advance(&mut clock, r.at, last_input_at, &mut replayed, &mut by_rule);
             let mut fx = Effects::new(r.at);
             let input = json!({"kind": r.kind, "device": r.device, "actor": r.actor, "at": crate::clock::rfc3339(r.at), "data": d});
             let person =
@@ -210,7 +215,7 @@ impl State {
             } else if let Some(t) =
                 Trigger::from_parts(&r.kind, r.device.as_deref(), &r.actor, r.at, d.clone(), 0)
             {
-                self.fire_chain(&mut fx, t);
+                self.fire_chain(&mut fx, t, false);
                 false
             } else {
                 continue;
@@ -219,7 +224,7 @@ impl State {
                 let produced: Vec<_> = fx.events.clone();
                 for ev in produced {
                     if let Some(t) = Trigger::from_event(&ev) {
-                        self.fire_chain(&mut fx, t);
+                        self.fire_chain(&mut fx, t, false);
                     }
                 }
             }
@@ -228,9 +233,7 @@ impl State {
             inputs_at.insert(r.at, input);
             self.collect(&fx, r.at, &mut replayed, &mut by_rule);
         }
-        let mut fx = Effects::new(to);
-        self.game_tick(&mut fx);
-        self.collect(&fx, last_input_at, &mut replayed, &mut by_rule);
+        self.advance(&mut clock, to, last_input_at, &mut replayed, &mut by_rule);
         // Compare as multisets per input time.
         let mut differences = Vec::new();
         let mut truncated = false;
@@ -295,6 +298,28 @@ impl State {
             recorded_end,
             replayed_end: self.game.state.snapshot(),
             by_rule,
+        }
+    }
+
+    /// Lets time pass from `clock` to `until` in ticks of [`TICK_MS`] (as the live tick does,
+    /// more coarsely): timers fire and the level drifts on time. A quiet stretch longer than
+    /// [`TICKS_MAX`] ticks is jumped over at its end.
+    fn advance(
+        &mut self,
+        clock: &mut i64,
+        until: i64,
+        at: i64,
+        out: &mut Vec<Happening>,
+        by_rule: &mut BTreeMap<String, (usize, usize)>,
+    ) {
+        if until - *clock > TICK_MS * TICKS_MAX {
+            *clock = until - TICK_MS * TICKS_MAX;
+        }
+        while *clock < until {
+            *clock = (*clock + TICK_MS).min(until);
+            let mut fx = Effects::new(*clock);
+            self.game_tick(&mut fx);
+            self.collect(&fx, at, out, by_rule);
         }
     }
 
