@@ -624,7 +624,7 @@ impl State {
                 trace.actions.push(r);
                 break;
             }
-            let r = self.act(fx, rules, &name, action, &view, &actor, firing, out);
+            let r = self.act(fx, rules, &name, action, view, &actor, firing, out);
             trace.actions.push(r);
         }
         trace.after = self.game.state.snapshot();
