@@ -336,14 +336,19 @@ async fn traces(
 
 // ---- timers and runs ----
 
-async fn list_timers(State(s): State<AppState>) -> ApiResult {
-    let mut v = serde_json::to_value(s.hub.timers(now_ms())).unwrap_or(Value::Null);
-    if let Value::Array(ts) = &mut v {
-        for t in ts.iter_mut().filter_map(Value::as_object_mut) {
-            times(t);
+/// A list of timers or runs, their `*_at` times in RFC 3339.
+fn list_json(list: impl serde::Serialize) -> Value {
+    let mut v = serde_json::to_value(list).unwrap_or(Value::Null);
+    if let Value::Array(items) = &mut v {
+        for i in items.iter_mut().filter_map(Value::as_object_mut) {
+            times(i);
         }
     }
-    ok(v)
+    v
+}
+
+async fn list_timers(State(s): State<AppState>) -> ApiResult {
+    ok(list_json(s.hub.timers(now_ms())))
 }
 
 #[derive(Deserialize)]
@@ -379,13 +384,7 @@ async fn cancel_timer(State(s): State<AppState>, Path(name): Path<String>) -> Ap
 }
 
 async fn list_runs(State(s): State<AppState>) -> ApiResult {
-    let mut v = serde_json::to_value(s.hub.game_runs(now_ms())).unwrap_or(Value::Null);
-    if let Value::Array(rs) = &mut v {
-        for r in rs.iter_mut().filter_map(Value::as_object_mut) {
-            times(r);
-        }
-    }
-    ok(v)
+    ok(list_json(s.hub.game_runs(now_ms())))
 }
 
 async fn start_run(State(s): State<AppState>) -> ApiResult {

@@ -352,18 +352,7 @@ fn event_row(r: &rusqlite::Row) -> rusqlite::Result<StoredEvent> {
     })
 }
 
-/// The game's rows in the database at `path`, read-only (the server may be running).
-pub fn game_at(path: &Path) -> StoreResult<Vec<(String, String)>> {
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .map_err(|e| StoreError::Db(format!("cannot open database {}: {e}", path.display())))?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))
-        .map_err(db_err)?;
-    let version: i64 = conn
-        .pragma_query_value(None, "user_version", |r| r.get(0))
-        .map_err(db_err)?;
-    if version < 4 {
-        return Ok(Vec::new());
-    }
+fn read_game(conn: &Connection) -> StoreResult<Vec<(String, String)>> {
     let mut stmt = conn
         .prepare("SELECT key, data FROM game ORDER BY key")
         .map_err(db_err)?;
@@ -373,9 +362,9 @@ pub fn game_at(path: &Path) -> StoreResult<Vec<(String, String)>> {
         .map_err(db_err)
 }
 
-/// The credentials in the database at `path`, read without the server (which may be running:
-/// the database is opened read-only and never migrated).
-pub fn credentials_at(path: &Path) -> StoreResult<Vec<CredentialRecord>> {
+/// The database at `path` opened read-only, without the server (which may be running: it is
+/// never migrated), and its schema step.
+fn open_read_only(path: &Path) -> StoreResult<(Connection, i64)> {
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
         .map_err(|e| StoreError::Db(format!("cannot open database {}: {e}", path.display())))?;
     conn.busy_timeout(std::time::Duration::from_secs(5))
@@ -383,6 +372,23 @@ pub fn credentials_at(path: &Path) -> StoreResult<Vec<CredentialRecord>> {
     let version: i64 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .map_err(db_err)?;
+    Ok((conn, version))
+}
+
+/// The game's rows in the database at `path`, read-only (the server may be running).
+pub fn game_at(path: &Path) -> StoreResult<Vec<(String, String)>> {
+    let (conn, version) = open_read_only(path)?;
+    if version < 4 {
+        // Made by a gatehouse from before the game: no rules.
+        return Ok(Vec::new());
+    }
+    read_game(&conn)
+}
+
+/// The credentials in the database at `path`, read without the server (which may be running:
+/// the database is opened read-only and never migrated).
+pub fn credentials_at(path: &Path) -> StoreResult<Vec<CredentialRecord>> {
+    let (conn, version) = open_read_only(path)?;
     if version < 3 {
         // Made by a gatehouse from before credentials: there are none.
         return Ok(Vec::new());
@@ -1125,15 +1131,7 @@ impl Store for SqliteStore {
     }
 
     fn load_game(&self) -> StoreFuture<'_, Vec<(String, String)>> {
-        Box::pin(self.read(|conn| {
-            let mut stmt = conn
-                .prepare("SELECT key, data FROM game ORDER BY key")
-                .map_err(db_err)?;
-            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-                .map_err(db_err)?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(db_err)
-        }))
+        Box::pin(self.read(read_game))
     }
 
     fn events_between(
