@@ -144,8 +144,8 @@ impl State {
         let mut last_input_at = from;
         // How far the replay's time has gone (its ticks).
         let mut clock = from;
-        // The time of the last operator command replayed.
-        let mut unit_of: Option<i64> = None;
+        // The time and actor of the last operator command replayed: the rest of its unit.
+        let mut unit_of: Option<(i64, String)> = None;
         for e in events {
             let d = data(e);
             let r = &e.record;
@@ -187,18 +187,21 @@ impl State {
                 continue;
             }
             // What an operator's game command did besides the change itself (the level push's
-            // CUPs, …) is in the same unit, at the same time. Replaying the command does it
-            // again.
+            // CUPs, …) is in the same unit: at the same time, by the same operator. Replaying
+            // the command does it again. Another unit in the same millisecond (a device coming
+            // online, the server's) is an input of its own.
             if r.actor != crate::core::event::DEVICE
                 && r.kind != "state_changed"
                 && !r.kind.starts_with("run_")
                 && r.kind != "game_reset"
-                && unit_of == Some(r.at)
+                && unit_of
+                    .as_ref()
+                    .is_some_and(|(at, actor)| *at == r.at && *actor == r.actor)
             {
                 continue;
             }
             if operator || r.kind.starts_with("run_") || r.kind == "game_reset" {
-                unit_of = Some(r.at);
+                unit_of = Some((r.at, r.actor.clone()));
             }
             let applied = if operator {
                 // An operator's change happened whatever the rules: apply it, then its chain.

@@ -444,3 +444,49 @@ fn the_stored_state_and_rules_load_back() {
         Some(st.game.rules.hash.clone())
     );
 }
+
+#[test]
+fn replay_keeps_another_unit_in_the_operators_millisecond() {
+    // A run started by an operator, and in the same millisecond a lock came online (the
+    // server's event, another unit): the coming online is an input, its rule fires again.
+    let mut st = state(
+        "[[rules]]\nname = \"welcome\"\nwhen = { event = \"online\" }\nthen = [{ counter = { add = 1 } }]\n",
+    );
+    let ev = |seq: i64, kind: &str, device: Option<&str>, actor: &str, data: Value| {
+        crate::store::StoredEvent {
+            seq,
+            record: crate::store::EventRecord {
+                at: T0,
+                device: device.map(str::to_string),
+                kind: kind.to_string(),
+                actor: actor.to_string(),
+                data: data.to_string(),
+            },
+        }
+    };
+    let start = super::Snapshot {
+        level: "green".into(),
+        counter: 1,
+        vars: Default::default(),
+    };
+    let events = [
+        ev(
+            1,
+            "run_started",
+            None,
+            "admin",
+            json!({"run": 1, "initial": start}),
+        ),
+        ev(
+            2,
+            "online",
+            Some("lock/aabbccddeeff"),
+            "server",
+            json!({"reason": "first packet", "command": "info"}),
+        ),
+    ];
+    let out = st.replay(&events, &start, T0, T0 + 1);
+    assert_eq!(out.inputs, 2, "{out:#?}");
+    assert_eq!(out.replayed_firings, 1, "{out:#?}");
+    assert_eq!(out.replayed_end.counter, 2, "{out:#?}");
+}
