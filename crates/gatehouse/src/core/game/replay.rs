@@ -144,11 +144,29 @@ impl State {
         let mut last_input_at = from;
         // How far the replay's time has gone (its ticks).
         let mut clock = from;
-        // The time and actor of the last operator command replayed: the rest of its unit.
-        let mut unit_of: Option<(i64, String)> = None;
+        // The last operator command replayed: its time and the seq its unit has reached.
+        let mut unit: Option<(i64, i64)> = None;
         for e in events {
             let d = data(e);
             let r = &e.record;
+            // A unit's events have consecutive seqs and one time. A device's event, or a
+            // device coming or going, is another unit's (an input), whatever its time.
+            let presence = r.kind == "online" || r.kind == "offline";
+            let in_unit = match &mut unit {
+                Some((at, last))
+                    if e.seq == *last + 1
+                        && r.at == *at
+                        && r.actor != crate::core::event::DEVICE
+                        && !presence =>
+                {
+                    *last = e.seq;
+                    true
+                }
+                _ => {
+                    unit = None;
+                    false
+                }
+            };
             if r.kind == "state_changed"
                 && let Some(s) = d
                     .get("state")
@@ -187,21 +205,16 @@ impl State {
                 continue;
             }
             // What an operator's game command did besides the change itself (the level push's
-            // CUPs, …) is in the same unit: at the same time, by the same operator. Replaying
-            // the command does it again. Another unit in the same millisecond (a device coming
-            // online, the server's) is an input of its own.
-            if r.actor != crate::core::event::DEVICE
+            // CUPs, …) is in its unit. Replaying the command does it again.
+            if in_unit
                 && r.kind != "state_changed"
                 && !r.kind.starts_with("run_")
                 && r.kind != "game_reset"
-                && unit_of
-                    .as_ref()
-                    .is_some_and(|(at, actor)| *at == r.at && *actor == r.actor)
             {
                 continue;
             }
             if operator || r.kind.starts_with("run_") || r.kind == "game_reset" {
-                unit_of = Some((r.at, r.actor.clone()));
+                unit = Some((r.at, e.seq));
             }
             let applied = if operator {
                 // An operator's change happened whatever the rules: apply it, then its chain.

@@ -447,8 +447,9 @@ fn the_stored_state_and_rules_load_back() {
 
 #[test]
 fn replay_keeps_another_unit_in_the_operators_millisecond() {
-    // A run started by an operator, and in the same millisecond a lock came online (the
-    // server's event, another unit): the coming online is an input, its rule fires again.
+    // A run started by an operator (its unit: the start and a push the server made), and in
+    // the same millisecond a lock came online (the server's event, another unit): the
+    // coming online is an input, its rule fires again; the push is not.
     let mut st = state(
         "[[rules]]\nname = \"welcome\"\nwhen = { event = \"online\" }\nthen = [{ counter = { add = 1 } }]\n",
     );
@@ -477,8 +478,16 @@ fn replay_keeps_another_unit_in_the_operators_millisecond() {
             "admin",
             json!({"run": 1, "initial": start}),
         ),
+        // The run's own push to a lock (the server's, in the run's unit): not an input.
         ev(
             2,
+            "cup",
+            Some("lock/aabbccddeeff"),
+            "server",
+            json!({"task": 1}),
+        ),
+        ev(
+            3,
             "online",
             Some("lock/aabbccddeeff"),
             "server",
