@@ -157,6 +157,8 @@ pub struct State {
     buckets: HashMap<String, Bucket>,
     /// The game: rule set, level, counter, variables, timers, runs.
     pub(crate) game: super::game::Game,
+    /// Console accounts, API tokens, sessions.
+    pub(crate) accounts: super::accounts::Accounts,
 }
 
 /// A token bucket: `tokens` left at time `at` (ms).
@@ -187,6 +189,7 @@ impl State {
             credentials: HashMap::new(),
             buckets: HashMap::new(),
             game: super::game::Game::empty(now),
+            accounts: super::accounts::Accounts::default(),
         }
     }
 

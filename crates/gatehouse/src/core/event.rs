@@ -369,6 +369,56 @@ pub enum Event {
         username: String,
         subject: String,
     },
+    // ---- the console: accounts, tokens, sessions (the actor is who did it) ----
+    /// A console account was added.
+    UserAdded {
+        name: String,
+        role: String,
+    },
+    /// An account's role or password changed (a new password ends its sessions).
+    UserChanged {
+        name: String,
+        role_from: String,
+        role_to: String,
+        password_changed: bool,
+    },
+    /// An account was removed; its sessions ended.
+    UserRemoved {
+        name: String,
+        role: String,
+    },
+    /// An API token was created (its secret is never recorded).
+    TokenCreated {
+        name: String,
+        role: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        expires_at: Option<String>,
+    },
+    /// An API token was revoked.
+    TokenRevoked {
+        name: String,
+    },
+    /// Someone logged in to the console (`session` is the id an admin sees).
+    LoggedIn {
+        user: String,
+        session: String,
+        addr: String,
+    },
+    /// A login was refused (`failures`: in a row, for this account or address). While a
+    /// login is being backed off, its refusals are counted, not recorded one by one.
+    LoginFailed {
+        user: String,
+        addr: String,
+        reason: String,
+        failures: u32,
+    },
+    /// A console session ended: logged out, revoked by an admin, expired, its account's
+    /// password changed or the account removed.
+    SessionEnded {
+        user: String,
+        session: String,
+        reason: String,
+    },
     /// The broker refused an MQTT client something: a login (`connect`), a publish or a
     /// subscription. At most one event per client (per address for logins) per minute, with
     /// the refusals since the last one.

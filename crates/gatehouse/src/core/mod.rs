@@ -24,6 +24,7 @@
 //! - No I/O here besides the store and the bus: the gateways own sockets, and time is passed in.
 
 pub mod access;
+pub mod accounts;
 pub mod acon;
 pub mod change;
 pub mod device;
@@ -199,6 +200,10 @@ pub struct Stats {
     /// Webhook calls dropped: the queue was full (or the engine not started); shared with
     /// the delivery task, which hands them over.
     pub webhooks_dropped: Arc<AtomicU64>,
+    /// Console logins refused: a wrong name or password.
+    pub logins_failed: AtomicU64,
+    /// Console logins refused unchecked: the account or the address was backing off.
+    pub logins_backed_off: AtomicU64,
 }
 
 /// Whether a [`Stats`] entry only grows (a Prometheus counter) or goes up and down (a gauge).
@@ -426,6 +431,18 @@ impl Stats {
                 n(&self.webhooks_dropped),
             ),
             (
+                "logins_failed",
+                Counter,
+                "console logins refused: a wrong name or password",
+                n(&self.logins_failed),
+            ),
+            (
+                "logins_backed_off",
+                Counter,
+                "console logins refused unchecked while their account or address backs off",
+                n(&self.logins_backed_off),
+            ),
+            (
                 "acon_connections",
                 Gauge,
                 "ACon connections open",
@@ -632,6 +649,7 @@ impl Hub {
             let c = access::Credential::load(r)?;
             state.credentials.insert(c.username.clone(), c);
         }
+        state.accounts = accounts::Accounts::load(store.load_accounts().await?)?;
         let game = store.load_game().await?;
         let row = |k: &str| {
             game.iter()

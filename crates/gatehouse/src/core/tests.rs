@@ -398,6 +398,9 @@ impl Store for Gated {
     fn load_game(&self) -> crate::store::StoreFuture<'_, Vec<(String, String)>> {
         self.inner.load_game()
     }
+    fn load_accounts(&self) -> crate::store::StoreFuture<'_, Vec<(String, String)>> {
+        self.inner.load_accounts()
+    }
     fn events_between(
         &self,
         from: i64,

@@ -129,6 +129,13 @@ pub enum Write {
         key: String,
         data: String,
     },
+    /// Insert or replace (`Some`) or remove (`None`) a row of the console's accounts:
+    /// `user:<name>`, `token:<name>`, `session:<hash>` (JSON; shapes belong to
+    /// `core::accounts`).
+    Account {
+        key: String,
+        data: Option<String>,
+    },
 }
 
 /// A stored message, read back.
@@ -237,6 +244,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// The game's rows (`rules`, `state`), if any.
     fn load_game(&self) -> StoreFuture<'_, Vec<(String, String)>>;
+
+    /// The console's account rows (`user:…`, `token:…`, `session:…`), by key.
+    fn load_accounts(&self) -> StoreFuture<'_, Vec<(String, String)>>;
 
     /// Events with `from <= at < to` and `seq > after`, oldest first, at most `limit`: a
     /// replay's input and a run's timeline, read in pages.

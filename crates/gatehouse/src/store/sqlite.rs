@@ -142,6 +142,11 @@ const SCHEMA: &[&str] = &[
     CREATE INDEX events_by_at ON events (at);
     CREATE INDEX events_rule_traces ON events (json_extract(data, '$.rule'), seq)
         WHERE kind = 'rule_fired';",
+    // version 5: the console's accounts, API tokens and sessions (secrets hashed)
+    "CREATE TABLE accounts (
+        key TEXT PRIMARY KEY,
+        data TEXT NOT NULL
+    ) WITHOUT ROWID;",
 ];
 
 pub(crate) fn db_err(e: rusqlite::Error) -> StoreError {
@@ -353,9 +358,15 @@ fn event_row(r: &rusqlite::Row) -> rusqlite::Result<StoredEvent> {
 }
 
 fn read_game(conn: &Connection) -> StoreResult<Vec<(String, String)>> {
-    let mut stmt = conn
-        .prepare("SELECT key, data FROM game ORDER BY key")
-        .map_err(db_err)?;
+    read_keyed(conn, "SELECT key, data FROM game ORDER BY key")
+}
+
+fn read_accounts(conn: &Connection) -> StoreResult<Vec<(String, String)>> {
+    read_keyed(conn, "SELECT key, data FROM accounts ORDER BY key")
+}
+
+fn read_keyed(conn: &Connection, sql: &str) -> StoreResult<Vec<(String, String)>> {
+    let mut stmt = conn.prepare(sql).map_err(db_err)?;
     stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
         .map_err(db_err)?
         .collect::<Result<Vec<_>, _>>()
@@ -383,6 +394,17 @@ pub fn game_at(path: &Path) -> StoreResult<Vec<(String, String)>> {
         return Ok(Vec::new());
     }
     read_game(&conn)
+}
+
+/// The console's account rows in the database at `path`, read-only (the server may be
+/// running).
+pub fn accounts_at(path: &Path) -> StoreResult<Vec<(String, String)>> {
+    let (conn, version) = open_read_only(path)?;
+    if version < 5 {
+        // Made by a gatehouse from before accounts: there are none.
+        return Ok(Vec::new());
+    }
+    read_accounts(&conn)
 }
 
 /// The credentials in the database at `path`, read without the server (which may be running:
@@ -918,6 +940,15 @@ impl Writer {
                      ON CONFLICT (key) DO UPDATE SET data = excluded.data",
                 )
                 .map_err(db_err)?;
+            let mut account = tx
+                .prepare_cached(
+                    "INSERT INTO accounts (key, data) VALUES (?1, ?2)
+                     ON CONFLICT (key) DO UPDATE SET data = excluded.data",
+                )
+                .map_err(db_err)?;
+            let mut unaccount = tx
+                .prepare_cached("DELETE FROM accounts WHERE key = ?1")
+                .map_err(db_err)?;
             let heads = lock_heads(&self.heads);
             for unit in units {
                 for w in unit {
@@ -959,6 +990,11 @@ impl Writer {
                             .map(drop),
                         Write::DeleteCredential(username) => uncred.execute([username]).map(drop),
                         Write::Game { key, data } => game.execute(params![key, data]).map(drop),
+                        Write::Account {
+                            key,
+                            data: Some(data),
+                        } => account.execute(params![key, data]).map(drop),
+                        Write::Account { key, data: None } => unaccount.execute([key]).map(drop),
                     }
                     .map_err(db_err)?;
                 }
@@ -1132,6 +1168,10 @@ impl Store for SqliteStore {
 
     fn load_game(&self) -> StoreFuture<'_, Vec<(String, String)>> {
         Box::pin(self.read(read_game))
+    }
+
+    fn load_accounts(&self) -> StoreFuture<'_, Vec<(String, String)>> {
+        Box::pin(self.read(read_accounts))
     }
 
     fn events_between(
