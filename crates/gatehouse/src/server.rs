@@ -35,12 +35,21 @@ pub struct Settings {
     pub metrics_listen: Option<String>,
     pub http: HttpLimits,
     pub admin_token: Option<String>,
+    pub console: ConsoleSettings,
     pub core: CoreConfig,
     pub acon: AconLimits,
     pub mqtt: MqttSettings,
     /// The embedded broker's limits (unused with an external broker).
     pub mqtt_limits: BrokerLimits,
     pub store: StoreSettings,
+}
+
+/// The console's access settings.
+#[derive(Debug, Clone, Default)]
+pub struct ConsoleSettings {
+    /// `--public-origin`.
+    pub public_origin: Option<String>,
+    pub session: crate::core::accounts::SessionPolicy,
 }
 
 /// The store's settings: retention, and `--init`.
@@ -106,6 +115,9 @@ pub async fn start(mut s: Settings) -> anyhow::Result<Running> {
         .iter()
         .map(|f| s.data_dir.join(f))
         .find(|p| p.exists());
+    if let Some(o) = &s.console.public_origin {
+        check_origin(o)?;
+    }
     let lock = lock_data_dir(&s.data_dir)?;
     let db = s.data_dir.join("gatehouse.db");
     check_database_file(&db, used_before.as_deref(), s.store.init)?;
@@ -176,6 +188,7 @@ pub async fn start(mut s: Settings) -> anyhow::Result<Running> {
     if let Some(access) = broker.as_ref().and_then(|b| b.access()) {
         access.attach(hub.clone());
     }
+    first_account(&hub, &s.data_dir).await?;
 
     let acon_listener = bind_tcp(&s.acon_listen, "--acon-listen / GATEHOUSE_ACON_LISTEN").await?;
     let http_listener = bind_tcp(&s.http_listen, "--http-listen / GATEHOUSE_HTTP_LISTEN").await?;
@@ -224,7 +237,11 @@ pub async fn start(mut s: Settings) -> anyhow::Result<Running> {
     };
     let state = AppState {
         hub: hub.clone(),
-        admin_token: admin_token.clone().into(),
+        auth: Arc::new(crate::http::auth::Auth::new(
+            admin_token.clone().into(),
+            s.console.session,
+            s.console.public_origin.clone(),
+        )),
         mqtt_auth: match &s.mqtt {
             MqttSettings::Embedded { auth, .. } => Some(*auth),
             MqttSettings::External { .. } => None,
@@ -475,21 +492,67 @@ fn admin_token_from_file(dir: &Path) -> anyhow::Result<String> {
     }
     let bytes: [u8; 24] = rand::random();
     let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let mut f = opts
-        .open(&path)
+    write_secret(&path, &token)
         .with_context(|| format!("cannot write the admin token {}", path.display()))?;
-    f.write_all(format!("{token}\n").as_bytes())?;
-    f.sync_all()?;
     // Printed once, on the start that created it; afterwards it is only in the file.
     eprintln!(
         "\n  gatehouse: generated the admin token (stored in {}, readable only by you):\n\n    {token}\n\n  Use it as: Authorization: Bearer {token}\n",
         path.display()
     );
     Ok(token)
+}
+
+/// `--public-origin` must be `http(s)://host[:port]`, what a browser sends as `Origin`.
+fn check_origin(o: &str) -> anyhow::Result<()> {
+    let rest = o
+        .strip_prefix("https://")
+        .or_else(|| o.strip_prefix("http://"));
+    match rest {
+        Some(host) if !host.is_empty() && !host.trim_end_matches('/').contains('/') => Ok(()),
+        _ => bail!(
+            "--public-origin {o:?}: give the scheme and host browsers use, as https://console.example (no path)"
+        ),
+    }
+}
+
+/// On the first start without accounts: an `admin` account with a generated password,
+/// stored in `<data dir>/admin-password` (readable only by the owner) and printed once.
+async fn first_account(hub: &Hub, dir: &Path) -> anyhow::Result<()> {
+    use crate::core::accounts::{Role, generate_password};
+    if hub.accounts_read(|a| a.users().next().is_some()) {
+        return Ok(());
+    }
+    let password = generate_password();
+    let hashed = password.clone();
+    let hash = tokio::task::spawn_blocking(move || crate::core::access::hash_chosen(&hashed))
+        .await?
+        .map_err(|e| anyhow::anyhow!("hashing the first password: {e}"))?;
+    let path = dir.join("admin-password");
+    write_secret(&path, &password)
+        .with_context(|| format!("cannot write the first password {}", path.display()))?;
+    hub.accounts_change(now_ms(), |st, fx| {
+        st.user_add(fx, "admin", Role::Admin, hash, crate::core::event::SERVER)
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("creating the first account: {e}"))?;
+    // Printed once, on the start that created it; afterwards it is only in the file.
+    eprintln!(
+        "\n  gatehouse: created the console account \"admin\" with the password (stored in {}, readable only by you):\n\n    {password}\n\n  Log in at the console (/) and change it: gatehouse user passwd admin\n",
+        path.display()
+    );
+    Ok(())
+}
+
+/// Writes a secret to `path`, readable only by the owner, and syncs it.
+fn write_secret(path: &Path, secret: &str) -> anyhow::Result<()> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts.open(path)?;
+    f.write_all(format!("{secret}\n").as_bytes())?;
+    f.sync_all()?;
+    Ok(())
 }
 
 /// Binds a listener, with an error that names the setting when the address is taken.

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::acon::unexpected;
-use super::{ADMIN, ApiError, ApiResult, AppState, body, ok};
+use super::{ApiError, ApiResult, AppState, body, ok};
 use crate::clock::{now_ms, rfc3339};
 use crate::core::access::{self, CredentialView, Subject};
 use crate::core::{Command, Outcome};
@@ -107,7 +107,7 @@ async fn issue(s: &AppState, subject: Subject, req: IssueBody, may_choose: bool)
         username,
         hash,
     };
-    match s.hub.execute(cmd, ADMIN, now_ms()).await? {
+    match s.hub.execute(cmd, &super::auth::actor(), now_ms()).await? {
         Outcome::Credential { view, rotated } => {
             let mut v = view_json(&view);
             v["rotated"] = json!(rotated);
@@ -129,7 +129,11 @@ async fn issue(s: &AppState, subject: Subject, req: IssueBody, may_choose: bool)
 async fn revoke(s: &AppState, subject: Subject) -> ApiResult {
     match s
         .hub
-        .execute(Command::RevokeCredential { subject }, ADMIN, now_ms())
+        .execute(
+            Command::RevokeCredential { subject },
+            &super::auth::actor(),
+            now_ms(),
+        )
         .await?
     {
         Outcome::Revoked => Ok(StatusCode::NO_CONTENT.into_response()),

@@ -10,7 +10,7 @@ use axum::routing::{get, post, put};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ADMIN, ApiError, ApiResult, AppState, body, ok, opt_time, page_json};
+use super::{ApiError, ApiResult, AppState, body, ok, opt_time, page_json};
 use crate::cidr::Net;
 use crate::clock::{now_ms, parse_rfc3339, rfc3339};
 use crate::core::{
@@ -91,7 +91,7 @@ fn cell_json(c: &CellSnapshot) -> Value {
 
 /// Runs a board command and answers with the board's page.
 async fn board_command(s: &AppState, cmd: Command) -> ApiResult {
-    match s.hub.execute(cmd, ADMIN, now_ms()).await? {
+    match s.hub.execute(cmd, &super::auth::actor(), now_ms()).await? {
         Outcome::Board(b) => ok(board_json(&b)),
         other => Err(unexpected(&other)),
     }
@@ -197,7 +197,11 @@ async fn engage_cell(
     };
     match s
         .hub
-        .execute(Command::Engage { id, cell, req }, ADMIN, now_ms())
+        .execute(
+            Command::Engage { id, cell, req },
+            &super::auth::actor(),
+            now_ms(),
+        )
         .await?
     {
         Outcome::Engaged(e) => {
@@ -216,7 +220,11 @@ async fn release_cell(
 ) -> ApiResult {
     let cell = parse_cell(&cell)?;
     s.hub
-        .execute(Command::Release { id, cell }, ADMIN, now_ms())
+        .execute(
+            Command::Release { id, cell },
+            &super::auth::actor(),
+            now_ms(),
+        )
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -10,7 +10,7 @@ use axum::routing::{get, post, put};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ADMIN, ApiError, ApiResult, AppState, body, ok};
+use super::{ApiError, ApiResult, AppState, body, ok};
 use crate::clock::{now_ms, rfc3339};
 use crate::core::CoreError;
 use crate::core::game::def::{Rule, RuleFile};
@@ -78,7 +78,7 @@ fn times(m: &mut serde_json::Map<String, Value>) {
 }
 
 async fn game(s: &AppState, cmd: GameCommand) -> ApiResult {
-    let g = s.hub.game(cmd, ADMIN, now_ms()).await?;
+    let g = s.hub.game(cmd, &super::auth::actor(), now_ms()).await?;
     ok(state_json(&g))
 }
 

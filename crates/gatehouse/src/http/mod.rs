@@ -1,4 +1,4 @@
-//! The console's HTTP API: JSON over HTTP, `Authorization: Bearer <token>` on every route.
+//! The console's HTTP API: JSON over HTTP, behind [`auth`] (a Bearer token or a session cookie, and a role) on every route.
 //!
 //! Invariants: handlers only translate between HTTP and the core: they parse and check the
 //! request's shape, build a typed [`crate::core::Command`], and render the snapshot the core
@@ -9,6 +9,7 @@
 
 mod access;
 mod acon;
+pub mod auth;
 mod game;
 pub mod health;
 mod history;
@@ -31,14 +32,12 @@ use serde_json::{Value, json};
 use crate::clock::rfc3339;
 use crate::core::{CoreError, DeviceSummary, DeviceView, Hub};
 
-/// Who a request acts as; recorded on every change it makes.
-const ADMIN: &str = "admin";
-
 /// Shared state of the handlers.
 #[derive(Clone)]
 pub struct AppState {
     pub hub: Arc<Hub>,
-    pub admin_token: Arc<str>,
+    /// The admin token, the session policy, the login guard.
+    pub auth: Arc<auth::Auth>,
     /// The embedded broker's logins (`None` with an external broker).
     pub mqtt_auth: Option<crate::gateway::access::MqttAuth>,
     /// Whether the MQTT side is up, for `/readyz` and `/metrics`.
@@ -58,12 +57,17 @@ pub fn app(state: AppState) -> Router {
         .merge(history::routes())
         .merge(access::routes())
         .merge(game::routes())
+        .merge(auth::routes())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
         .layer(middleware::from_fn(json_body))
-        .layer(middleware::from_fn_with_state(state.clone(), auth));
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ));
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .merge(auth::login_routes())
         .merge(api)
         .with_state(state)
 }
@@ -230,46 +234,6 @@ type ApiResult = Result<Response, ApiError>;
 
 fn ok(v: impl serde::Serialize) -> ApiResult {
     Ok(axum::Json(v).into_response())
-}
-
-async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let given = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    match given {
-        Some(t)
-            if crate::core::access::constant_time_eq(
-                t.as_bytes(),
-                state.admin_token.as_bytes(),
-            ) =>
-        {
-            next.run(req).await
-        }
-        Some(_) => {
-            let mut r =
-                ApiError::new(StatusCode::UNAUTHORIZED, "wrong bearer token").into_response();
-            r.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                header::HeaderValue::from_static("Bearer"),
-            );
-            r
-        }
-        None => {
-            let mut r = ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "missing Authorization: Bearer <token> (the admin token is in the data directory's admin-token file)",
-            )
-            .into_response();
-            r.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                header::HeaderValue::from_static("Bearer"),
-            );
-            r
-        }
-    }
 }
 
 /// Parses a JSON body into `T`, with errors that name the field.

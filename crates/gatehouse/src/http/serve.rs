@@ -263,7 +263,10 @@ async fn connection(
     let inner = TowerToHyperService::new(router);
     let request_timeout = limits.request_timeout;
     let stats = slot.stats.clone();
-    let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        // The peer's address, for the handlers (`ConnectInfo`): logins back off by it.
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(peer));
         let fut = hyper::service::Service::call(&inner, req);
         let stats = stats.clone();
         async move {

@@ -9,7 +9,7 @@ use axum::routing::{get, post, put};
 use serde_json::{Value, json};
 
 use super::acon::unexpected;
-use super::{ADMIN, ApiError, ApiResult, AppState, body, ok, page_json};
+use super::{ApiError, ApiResult, AppState, body, ok, page_json};
 use crate::clock::now_ms;
 use crate::core::skaben::{Delivery, DeviceType, Push, Reported};
 use crate::core::{
@@ -123,7 +123,7 @@ fn page(v: &PropSnapshot, status: StatusCode) -> ApiResult {
 
 /// Runs a prop command and answers with the prop's page.
 async fn prop_command(s: &AppState, cmd: Command) -> ApiResult {
-    match s.hub.execute(cmd, ADMIN, now_ms()).await? {
+    match s.hub.execute(cmd, &super::auth::actor(), now_ms()).await? {
         Outcome::Prop { page: v, created } => page(
             &v,
             if created {
@@ -138,7 +138,7 @@ async fn prop_command(s: &AppState, cmd: Command) -> ApiResult {
 
 /// Runs a type command and answers with the type.
 async fn type_command(s: &AppState, cmd: Command, created_status: bool) -> ApiResult {
-    match s.hub.execute(cmd, ADMIN, now_ms()).await? {
+    match s.hub.execute(cmd, &super::auth::actor(), now_ms()).await? {
         Outcome::Type { view, created } => {
             let status = if created && created_status {
                 StatusCode::CREATED

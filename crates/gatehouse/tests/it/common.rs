@@ -56,6 +56,7 @@ pub fn settings(dir: &std::path::Path) -> Settings {
         },
         store: Default::default(),
         mqtt_limits: gatehouse::gateway::broker::BrokerLimits::default(),
+        console: Default::default(),
     }
 }
 

@@ -1,5 +1,6 @@
 //! Integration tests: the server over real TCP sockets, a real SQLite file, real HTTP.
 
+mod accounts;
 mod acon_guards;
 mod api;
 mod common;
