@@ -57,6 +57,71 @@ pub enum Command {
     /// without a server, replay a rule file over a recorded game (docs/scenarios.md).
     #[command(subcommand)]
     Rules(RulesCommand),
+    /// Console accounts: add, change a password or a role, remove, list (against a running
+    /// server with --url and --token, or a stopped server's --data-dir).
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UserCommand {
+    /// Add an account. Its password is read from standard input with --password-stdin,
+    /// else generated and printed once.
+    Add(UserAddArgs),
+    /// Set an account's password (read from standard input with --password-stdin, else
+    /// generated and printed once). Its sessions end.
+    Passwd(UserPasswdArgs),
+    /// Change an account's role.
+    Role(UserRoleArgs),
+    /// Remove an account (not the last admin); its sessions end.
+    Remove(UserNameArgs),
+    /// List the accounts.
+    List(RulesTarget),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct UserAddArgs {
+    /// The account's name (letters, digits, '.', '_', '-').
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// viewer (sees everything, changes nothing), operator (runs the venue) or admin (also
+    /// accounts, tokens, credentials, types and rules).
+    #[arg(long, value_enum)]
+    pub role: crate::core::accounts::Role,
+    /// Read the password (8 to 256 characters) from the first line of standard input.
+    #[arg(long)]
+    pub password_stdin: bool,
+    #[command(flatten)]
+    pub target: RulesTarget,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct UserPasswdArgs {
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// Read the password (8 to 256 characters) from the first line of standard input.
+    #[arg(long)]
+    pub password_stdin: bool,
+    #[command(flatten)]
+    pub target: RulesTarget,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct UserRoleArgs {
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    #[arg(value_name = "ROLE", value_enum)]
+    pub role: crate::core::accounts::Role,
+    #[command(flatten)]
+    pub target: RulesTarget,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct UserNameArgs {
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    #[command(flatten)]
+    pub target: RulesTarget,
 }
 
 #[derive(Subcommand, Debug)]
@@ -75,7 +140,7 @@ pub enum RulesCommand {
     Replay(RulesReplayArgs),
 }
 
-/// Where the rules are: a running server (--url, --token) or a stopped one's data directory.
+/// Which server: a running one (--url, --token) or a stopped one's data directory.
 #[derive(Args, Debug, Clone)]
 pub struct RulesTarget {
     /// A running server's HTTP address (http://127.0.0.1:8080).
@@ -265,6 +330,23 @@ pub struct ServeArgs {
         value_name = "TOKEN"
     )]
     pub admin_token: Option<String>,
+
+    /// The console's address as browsers see it, when it is behind a reverse proxy
+    /// (https://console.example): state-changing browser requests must come from it.
+    /// Default: the Host the request was sent to. An https origin also marks the session
+    /// cookie Secure.
+    #[arg(long, env = "GATEHOUSE_PUBLIC_ORIGIN", value_name = "URL")]
+    pub public_origin: Option<String>,
+
+    /// A console session ends after this many hours without a request.
+    #[arg(long, env = "GATEHOUSE_SESSION_IDLE_HOURS", default_value = "12", value_name = "HOURS",
+          value_parser = parse_positive)]
+    pub session_idle_hours: f64,
+
+    /// A console session ends this many days after its login, however busy.
+    #[arg(long, env = "GATEHOUSE_SESSION_MAX_DAYS", default_value = "7", value_name = "DAYS",
+          value_parser = parse_positive)]
+    pub session_max_days: f64,
 
     /// What to do with a device never seen before: register it, or reject it until an
     /// operator registers it (PUT /api/devices/acon/{id}).
@@ -509,6 +591,13 @@ fn parse_secs(s: &str) -> Result<f64, String> {
     }
 }
 
+fn parse_positive(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() && v < 1e5 => Ok(v),
+        _ => Err(format!("{s:?} is not a positive number")),
+    }
+}
+
 fn parse_days(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v >= 0.0 && v.is_finite() && v < 1e6 => Ok(v),
@@ -550,6 +639,13 @@ impl ServeArgs {
                 max_connections_per_addr: self.http_max_connections_per_addr as usize,
             },
             admin_token: self.admin_token.clone(),
+            console: crate::server::ConsoleSettings {
+                public_origin: self.public_origin.clone(),
+                session: crate::core::accounts::SessionPolicy {
+                    idle_ms: (self.session_idle_hours * 3_600_000.0) as i64,
+                    max_ms: (self.session_max_days * 86_400_000.0) as i64,
+                },
+            },
             core: CoreConfig {
                 unknown_devices: self.unknown_devices,
                 presence_timeout_ms: (self.presence_timeout_secs * 1000.0) as i64,

@@ -10,3 +10,4 @@ pub mod http;
 pub mod rules_cli;
 pub mod server;
 pub mod store;
+pub mod user_cli;

@@ -56,6 +56,7 @@ fn main() -> ExitCode {
             Command::Mqtt(MqttCommand::Acl(args)) => mqtt_acl(&args),
             Command::Backup(args) => backup(&args),
             Command::Rules(cmd) => rules_cli::run(cmd).await,
+            Command::User(cmd) => gatehouse::user_cli::run(cmd).await,
         }
     });
     match result {

@@ -237,12 +237,12 @@ fn time(s: &str, flag: &str) -> anyhow::Result<i64> {
     })
 }
 
-enum Target {
+pub(crate) enum Target {
     Url(String, String),
     Dir(std::path::PathBuf),
 }
 
-fn target(t: &RulesTarget) -> anyhow::Result<Target> {
+pub(crate) fn target(t: &RulesTarget) -> anyhow::Result<Target> {
     match (&t.url, &t.token, &t.data_dir) {
         (Some(u), Some(tok), None) => Ok(Target::Url(
             u.trim_end_matches('/').to_string(),
@@ -257,7 +257,7 @@ fn target(t: &RulesTarget) -> anyhow::Result<Target> {
 }
 
 /// The hub of a stopped server's data directory, holding its lock.
-async fn open(
+pub(crate) async fn open(
     dir: &Path,
 ) -> anyhow::Result<(Arc<Hub>, Arc<dyn crate::store::Store>, std::fs::File)> {
     let db = dir.join("gatehouse.db");
@@ -281,7 +281,7 @@ async fn open(
     Ok((Arc::new(hub), store, lock))
 }
 
-fn answer(status: u16, body: &str) -> anyhow::Result<()> {
+pub(crate) fn answer(status: u16, body: &str) -> anyhow::Result<()> {
     if (200..300).contains(&status) {
         return Ok(());
     }
@@ -312,7 +312,7 @@ fn answer(status: u16, body: &str) -> anyhow::Result<()> {
 }
 
 /// One HTTP/1.1 request to the server (plain HTTP, as the API listens).
-async fn request(
+pub(crate) async fn request(
     url: &str,
     method: &str,
     path: &str,
