@@ -263,6 +263,7 @@ impl Device {
         DeviceSummary {
             device: self.view(),
             blocked: self.board().is_some_and(|b| b.desired.blocked),
+            sync: None,
         }
     }
 }
@@ -299,6 +300,10 @@ pub struct DeviceSummary {
     pub device: DeviceView,
     /// A board whose keypad is blocked (props: always false).
     pub blocked: bool,
+    /// A prop's config: `in_sync` (it holds its desired config), `pending` (a push waits for
+    /// its confirmation), `failed` (the device refused the push), `out_of_sync` (nothing is
+    /// on its way). `None` for a board.
+    pub sync: Option<&'static str>,
 }
 
 #[cfg(test)]

@@ -984,7 +984,21 @@ impl Hub {
             .devices
             .values()
             .filter(|d| kind.is_none_or(|k| d.kind == k))
-            .map(Device::summary)
+            .map(|d| {
+                let mut s = d.summary();
+                if let (Some(p), Some(ty)) = (d.prop(), st.types.get(&d.kind)) {
+                    s.sync = Some(if p.in_sync(&ty.def) {
+                        "in_sync"
+                    } else {
+                        match p.delivery.pending.as_ref().map(|x| x.state) {
+                            Some(skaben::PushState::Failed) => "failed",
+                            Some(skaben::PushState::Pending) => "pending",
+                            None => "out_of_sync",
+                        }
+                    });
+                }
+                s
+            })
             .collect();
         drop(st);
         out.sort_by(|a, b| (&a.device.kind, &a.device.id).cmp(&(&b.device.kind, &b.device.id)));
