@@ -73,6 +73,11 @@ pub fn identity() -> Option<Identity> {
     IDENTITY.try_with(Clone::clone).ok()
 }
 
+/// Runs `f` as `id` (what [`identity`] and [`actor`] see inside it).
+pub async fn scope<F: std::future::Future>(id: Identity, f: F) -> F::Output {
+    IDENTITY.scope(id, f).await
+}
+
 /// Who the request being handled acts as (recorded on every change it makes).
 pub fn actor() -> String {
     IDENTITY
@@ -402,6 +407,7 @@ async fn login(
         )
         .into_response();
     }
+    let page = super::ui::wants_html(&headers);
     let Form(f) = match form {
         Ok(f) => f,
         Err(e) => {
@@ -414,17 +420,24 @@ async fn login(
     };
     let ip = peer.ip().to_canonical();
     let name = crate::core::clip_text(&f.name, 64);
+    let next = super::ui::safe_next(f.next.clone());
+    let refuse = |status: StatusCode, message: String| {
+        if page {
+            super::ui::login_refused(status, message, name.clone(), next.clone())
+        } else {
+            ApiError::new(status, message).into_response()
+        }
+    };
     if let Some(wait) = auth.guard.wait(&name, ip, Instant::now()) {
         let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
         s.hub
             .stats
             .logins_backed_off
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let mut r = ApiError::new(
+        let mut r = refuse(
             StatusCode::TOO_MANY_REQUESTS,
             format!("too many failed logins: try again in {secs} s"),
-        )
-        .into_response();
+        );
         if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
             r.headers_mut().insert(header::RETRY_AFTER, v);
         }
@@ -454,7 +467,7 @@ async fn login(
             .stats
             .logins_failed
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        return ApiError::new(StatusCode::UNAUTHORIZED, "wrong name or password").into_response();
+        return refuse(StatusCode::UNAUTHORIZED, "wrong name or password".into());
     }
     auth.guard.succeed(&name, ip);
     let secret = new_secret("");
@@ -476,10 +489,6 @@ async fn login(
         Err(e) => return ApiError::from(e).into_response(),
     };
     info!(user = %name, addr = %ip, session = %session.id(), "console login");
-    let next = f
-        .next
-        .filter(|n| n.starts_with('/') && !n.starts_with("//") && !n.contains('\\'))
-        .unwrap_or_else(|| "/".into());
     let mut r = (StatusCode::SEE_OTHER, [(header::LOCATION, next)]).into_response();
     let cookie = format!(
         "{COOKIE}={secret}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",

@@ -16,6 +16,7 @@ mod history;
 pub mod metrics;
 pub mod serve;
 mod skaben;
+pub mod ui;
 
 use std::sync::Arc;
 
@@ -68,7 +69,9 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .merge(auth::login_routes())
+        .merge(ui::routes(state.clone()))
         .merge(api)
+        .layer(middleware::from_fn(ui::security_headers))
         .with_state(state)
 }
 
@@ -294,6 +297,7 @@ fn summary_json(s: &DeviceSummary) -> Value {
         "last_seen": opt_time(d.last_seen),
         "first_seen": rfc3339(d.first_seen),
         "blocked": s.blocked,
+        "sync": s.sync,
     })
 }
 
