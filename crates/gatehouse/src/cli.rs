@@ -57,6 +57,9 @@ pub enum Command {
     /// without a server, replay a rule file over a recorded game (docs/scenarios.md).
     #[command(subcommand)]
     Rules(RulesCommand),
+    /// Print the OpenAPI document of the HTTP API (what `GET /api/openapi.json` serves) to
+    /// stdout, and start nothing. The repository's `openapi.json` is this output.
+    Openapi,
 }
 
 #[derive(Subcommand, Debug)]
