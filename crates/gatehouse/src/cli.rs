@@ -61,6 +61,9 @@ pub enum Command {
     /// server with --url and --token, or a stopped server's --data-dir).
     #[command(subcommand)]
     User(UserCommand),
+    /// Print the OpenAPI document of the HTTP API (what `GET /api/openapi.json` serves) to
+    /// stdout, and start nothing. The repository's `openapi.json` is this output.
+    Openapi,
 }
 
 #[derive(Subcommand, Debug)]

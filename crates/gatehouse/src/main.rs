@@ -14,6 +14,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Command::Openapi = cli.command {
+        return openapi();
+    }
     let filter = match &cli.command {
         Command::Serve(a) => a.log.clone(),
         _ => "warn".to_string(),
@@ -57,6 +60,8 @@ fn main() -> ExitCode {
             Command::Backup(args) => backup(&args),
             Command::Rules(cmd) => rules_cli::run(cmd).await,
             Command::User(cmd) => gatehouse::user_cli::run(cmd).await,
+            // Printed above, before the runtime.
+            Command::Openapi => Ok(()),
         }
     });
     match result {
@@ -139,5 +144,20 @@ async fn wait_for_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// `gatehouse openapi`: the document, pretty-printed with a trailing newline (as the
+/// repository's `openapi.json` is kept).
+fn openapi() -> ExitCode {
+    match gatehouse::http::openapi().to_pretty_json() {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("gatehouse: cannot render the OpenAPI document: {e}");
+            ExitCode::FAILURE
+        }
     }
 }

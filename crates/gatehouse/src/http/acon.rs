@@ -1,16 +1,16 @@
 //! Board routes: a board's page, its cells, engage/release, reset, block/unblock, the networks
 //! it may connect from.
 
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::{get, post, put};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use super::{ApiError, ApiResult, AppState, body, ok, opt_time, page_json};
+use super::{ApiError, ApiResult, AppState, ErrorBody, body, ok, opt_time, page_json};
 use crate::cidr::Net;
 use crate::clock::{now_ms, parse_rfc3339, rfc3339};
 use crate::core::{
@@ -18,18 +18,32 @@ use crate::core::{
     RegisterRequest,
 };
 
-pub(super) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/devices/acon/{id}", get(get_board).put(register_board))
-        .route("/api/devices/acon/{id}/cells", get(get_cells))
-        .route(
-            "/api/devices/acon/{id}/cells/{cell}",
-            put(engage_cell).delete(release_cell),
-        )
-        .route("/api/devices/acon/{id}/reset", post(reset_board))
-        .route("/api/devices/acon/{id}/block", post(block_board))
-        .route("/api/devices/acon/{id}/unblock", post(unblock_board))
-        .route("/api/devices/acon/{id}/peers", post(accept_network))
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(get_board, register_board))
+        .routes(routes!(get_cells))
+        .routes(routes!(engage_cell, release_cell))
+        .routes(routes!(reset_board))
+        .routes(routes!(block_board))
+        .routes(routes!(unblock_board))
+        .routes(routes!(accept_network))
+}
+
+// The schema of [`crate::core::RegisterRequest`], which the core owns; `tests` checks that
+// the core takes every field documented here.
+/// A board's registration: every field optional, an absent one left as it is.
+#[derive(utoipa::ToSchema)]
+#[schema(as = RegisterBoard)]
+#[allow(dead_code)]
+pub(super) struct RegisterBoardDoc {
+    /// The board's name for the operators.
+    name: Option<String>,
+    /// Free text.
+    notes: Option<String>,
+    /// Columns of cells.
+    cols: Option<u16>,
+    /// Rows of cells.
+    rows: Option<u16>,
 }
 
 pub(super) fn no_board(id: &str) -> ApiError {
@@ -105,6 +119,19 @@ pub(super) fn unexpected(o: &Outcome) -> ApiError {
     )
 }
 
+/// A board's page.
+///
+/// What it reported, its cells' count, its networks, whether it is blocked or to be reset.
+#[utoipa::path(
+    get,
+    path = "/api/devices/acon/{id}",
+    tag = "acon",
+    params(("id" = String, Path, description = "The board's id, e.g. `1`")),
+    responses(
+        (status = 200, description = "The board's page", body = Object),
+        (status = 404, description = "No such board", body = ErrorBody),
+    )
+)]
 async fn get_board(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult {
     match s.hub.acon_board(&id) {
         Some(b) => ok(board_json(&b)),
@@ -112,6 +139,18 @@ async fn get_board(State(s): State<AppState>, Path(id): Path<String>) -> ApiResu
     }
 }
 
+/// Register a board or change its name, notes or size.
+#[utoipa::path(
+    put,
+    path = "/api/devices/acon/{id}",
+    tag = "acon",
+    params(("id" = String, Path, description = "The board's id, e.g. `1`")),
+    request_body(content = RegisterBoardDoc, description = "The fields to set", content_type = "application/json"),
+    responses(
+        (status = 200, description = "The board's page", body = Object),
+        (status = 400, description = "A field is wrong (`field` names it)", body = ErrorBody),
+    )
+)]
 async fn register_board(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -121,6 +160,17 @@ async fn register_board(
     board_command(&s, Command::RegisterBoard { id, req }).await
 }
 
+/// A board's cells.
+#[utoipa::path(
+    get,
+    path = "/api/devices/acon/{id}/cells",
+    tag = "acon",
+    params(("id" = String, Path, description = "The board's id, e.g. `1`")),
+    responses(
+        (status = 200, description = "Every cell: its lock, its code if engaged, when it last opened", body = Vec<Object>),
+        (status = 404, description = "No such board", body = ErrorBody),
+    )
+)]
 async fn get_cells(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult {
     let cells: Vec<Value> = s
         .hub
@@ -136,16 +186,40 @@ fn parse_cell(cell: &str) -> Result<u32, ApiError> {
         .map_err(|_| ApiError::field("cell", format!("cell: {cell:?} is not a cell number")))
 }
 
-/// The engage body: like [`EngageRequest`], with `expires_at` as RFC 3339 and typed checks.
-#[derive(Deserialize)]
+// Like [`EngageRequest`], with `expires_at` as RFC 3339 and typed checks.
+/// A cell's engagement: for `minutes` or until `expires_at`, with a `code` or a generated one.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct EngageBody {
+    /// For how many minutes (or `expires_at`).
+    #[schema(value_type = Option<i64>)]
     minutes: Option<Value>,
+    /// Until when, RFC 3339 (or `minutes`).
     expires_at: Option<String>,
+    /// The code, digits (default: a generated one).
+    #[schema(value_type = Option<String>, example = "1492")]
     code: Option<Value>,
+    /// Whether the code opens the cell once only.
+    #[schema(value_type = Option<bool>)]
     single_use: Option<Value>,
 }
 
+/// Engage a cell: give it a code for a while.
+///
+/// `minutes` or `expires_at` says for how long; without `code` one is generated.
+#[utoipa::path(
+    put,
+    path = "/api/devices/acon/{id}/cells/{cell}",
+    tag = "acon",
+    params(("id" = String, Path, description = "The board's id, e.g. `1`"), ("cell" = String, Path, description = "The cell's number, from 1")),
+    request_body(content = EngageBody, description = "How long (`minutes` or `expires_at`) and optionally the code", content_type = "application/json"),
+    responses(
+        (status = 200, description = "The engagement: code, expiry, cell, device", body = Object),
+        (status = 400, description = "A field is wrong (`field` names it)", body = ErrorBody),
+        (status = 404, description = "No such board", body = ErrorBody),
+        (status = 409, description = "The cell cannot be engaged now", body = ErrorBody),
+    )
+)]
 async fn engage_cell(
     State(s): State<AppState>,
     Path((id, cell)): Path<(String, String)>,
@@ -214,6 +288,18 @@ async fn engage_cell(
     }
 }
 
+/// Release a cell: take its code away.
+#[utoipa::path(
+    delete,
+    path = "/api/devices/acon/{id}/cells/{cell}",
+    tag = "acon",
+    params(("id" = String, Path, description = "The board's id, e.g. `1`"), ("cell" = String, Path, description = "The cell's number, from 1")),
+    responses(
+        (status = 204, description = "Released"),
+        (status = 400, description = "A field is wrong (`field` names it)", body = ErrorBody),
+        (status = 404, description = "No such board", body = ErrorBody),
+    )
+)]
 async fn release_cell(
     State(s): State<AppState>,
     Path((id, cell)): Path<(String, String)>,
@@ -229,26 +315,79 @@ async fn release_cell(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+/// Reset a board: it reboots on its next exchange.
+#[utoipa::path(
+    post,
+    path = "/api/devices/acon/{id}/reset",
+    tag = "acon",
+    params(("id" = String, Path, description = "The board's id, e.g. `1`")),
+    responses(
+        (status = 200, description = "The board's page", body = Object),
+        (status = 404, description = "No such board", body = ErrorBody),
+    )
+)]
 async fn reset_board(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult {
     board_command(&s, Command::Reset { id }).await
 }
 
+/// Block a board: its messages are refused.
+#[utoipa::path(
+    post,
+    path = "/api/devices/acon/{id}/block",
+    tag = "acon",
+    params(("id" = String, Path, description = "The board's id, e.g. `1`")),
+    responses(
+        (status = 200, description = "The board's page", body = Object),
+        (status = 404, description = "No such board", body = ErrorBody),
+    )
+)]
 async fn block_board(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult {
     board_command(&s, Command::Block { id, blocked: true }).await
 }
 
+/// Unblock a board.
+#[utoipa::path(
+    post,
+    path = "/api/devices/acon/{id}/unblock",
+    tag = "acon",
+    params(("id" = String, Path, description = "The board's id, e.g. `1`")),
+    responses(
+        (status = 200, description = "The board's page", body = Object),
+        (status = 404, description = "No such board", body = ErrorBody),
+    )
+)]
 async fn unblock_board(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult {
     board_command(&s, Command::Block { id, blocked: false }).await
 }
 
 /// The body of `POST …/peers`: `{"network": "10.1.2.0/24"}` or `{"accept_pending": true}`.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PeersBody {
+    /// A network in CIDR notation (or `accept_pending`).
+    #[schema(value_type = Option<String>, example = "10.1.2.0/24")]
     network: Option<Value>,
+    /// `true`: the network the board was last refused from (or `network`).
+    #[schema(value_type = Option<bool>)]
     accept_pending: Option<Value>,
 }
 
+/// Let a board connect from a network.
+///
+/// A network given, or the one it was last refused from (`accept_pending`).
+#[utoipa::path(
+    post,
+    path = "/api/devices/acon/{id}/peers",
+    tag = "acon",
+    params(("id" = String, Path, description = "The board's id, e.g. `1`")),
+    request_body(content = PeersBody, description = "`{\"network\": \"10.1.2.0/24\"}` or `{\"accept_pending\": true}`", content_type = "application/json"),
+    responses(
+        (status = 200, description = "The board's page", body = Object),
+        (status = 400, description = "A field is wrong (`field` names it)", body = ErrorBody),
+        (status = 404, description = "No such board", body = ErrorBody),
+        (status = 409, description = "The network is another board's", body = ErrorBody),
+    )
+)]
 async fn accept_network(
     State(s): State<AppState>,
     Path(id): Path<String>,

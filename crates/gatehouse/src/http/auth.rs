@@ -28,19 +28,19 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::Form;
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, patch, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use super::{ApiError, ApiResult, AppState, body, ok, opt_time};
+use super::{ApiError, ApiResult, AppState, ErrorBody, body, ok, opt_time};
 use crate::clock::{now_ms, rfc3339};
 use crate::core::accounts::{
     self, Identity, Role, SessionPolicy, TOKEN_PREFIX, new_secret, secret_hash,
@@ -362,26 +362,26 @@ pub async fn authenticate(State(state): State<AppState>, req: Request, next: Nex
     IDENTITY.scope(id, next.run(req)).await
 }
 
-/// `POST /login`, `POST /logout` (outside `/api`, no Bearer check) and the accounts API.
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/me", get(me))
-        .route("/api/users", get(list_users).post(add_user))
-        .route("/api/users/{name}", patch(change_user).delete(remove_user))
-        .route("/api/tokens", get(list_tokens).post(create_token))
-        .route("/api/tokens/{name}", delete(revoke_token))
-        .route("/api/sessions", get(list_sessions))
-        .route("/api/sessions/{id}", delete(end_session))
+/// The accounts API (behind [`authenticate`]).
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(me))
+        .routes(routes!(list_users, add_user))
+        .routes(routes!(change_user, remove_user))
+        .routes(routes!(list_tokens, create_token))
+        .routes(routes!(revoke_token))
+        .routes(routes!(list_sessions))
+        .routes(routes!(end_session))
 }
 
-/// The login and logout forms' routes.
-pub fn login_routes() -> Router<AppState> {
-    Router::new()
-        .route("/login", post(login))
-        .route("/logout", post(logout))
+/// The login and logout forms (open: they check what they are sent themselves).
+pub(super) fn login_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(login))
+        .routes(routes!(logout))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct LoginForm {
     name: String,
     password: String,
@@ -390,6 +390,20 @@ struct LoginForm {
     next: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/login",
+    tag = "accounts",
+    security(()),
+    request_body(content = LoginForm, description = "The console's login form", content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 303, description = "Logged in: the session cookie (`Set-Cookie`), and `Location` the page to go to"),
+        (status = 400, description = "Not a form with name and password", body = ErrorBody),
+        (status = 401, description = "Wrong name or password (a browser gets the login page again)", body = ErrorBody),
+        (status = 403, description = "Posted from another site", body = ErrorBody),
+        (status = 429, description = "Too many failed logins: `Retry-After` says when to try again", body = ErrorBody),
+    )
+)]
 /// `POST /login` (a form: `name`, `password`, optional `next`): a new session cookie and a
 /// redirect (303) to `next` or `/`.
 async fn login(
@@ -503,6 +517,16 @@ async fn login(
     r
 }
 
+#[utoipa::path(
+    post,
+    path = "/logout",
+    tag = "accounts",
+    security(()),
+    responses(
+        (status = 303, description = "Logged out: the cookie cleared, `Location: /login`"),
+        (status = 403, description = "Posted from another site", body = ErrorBody),
+    )
+)]
 /// `POST /logout`: ends the cookie's session (if any) and clears the cookie.
 async fn logout(State(s): State<AppState>, headers: HeaderMap) -> Response {
     if let Some(why) = cross_site(&headers, s.auth.public_origin.as_deref()) {
@@ -539,6 +563,12 @@ async fn logout(State(s): State<AppState>, headers: HeaderMap) -> Response {
     r
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/me",
+    tag = "accounts",
+    responses((status = 200, description = "`actor`, `role`, `user` and `session` of this request", body = Object))
+)]
 /// `GET /api/me`: who this request acts as.
 async fn me() -> ApiResult {
     let id = identity().ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "not logged in"))?;
@@ -562,6 +592,16 @@ fn user_json(u: &accounts::User, a: &accounts::Accounts, policy: &SessionPolicy)
     })
 }
 
+/// Every console account.
+#[utoipa::path(
+    get,
+    path = "/api/users",
+    tag = "accounts",
+    responses(
+        (status = 200, description = "Name, role, created, password changed, sessions, last seen", body = Object),
+        (status = 403, description = "The caller's role may not", body = ErrorBody),
+    )
+)]
 async fn list_users(State(s): State<AppState>) -> ApiResult {
     let policy = s.auth.policy;
     ok(s.hub.accounts_read(|a| {
@@ -571,7 +611,7 @@ async fn list_users(State(s): State<AppState>) -> ApiResult {
     }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewUser {
     name: String,
@@ -581,6 +621,18 @@ struct NewUser {
     role: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/users",
+    tag = "accounts",
+    request_body(content = NewUser, content_type = "application/json"),
+    responses(
+        (status = 201, description = "The account (`password` too when generated, shown once)", body = Object),
+        (status = 400, description = "A field is wrong (`field` names it)", body = ErrorBody),
+        (status = 403, description = "The caller's role may not", body = ErrorBody),
+        (status = 409, description = "The name is taken", body = ErrorBody),
+    )
+)]
 /// `POST /api/users` `{"name", "password"?, "role"}` → 201. A generated password is in the
 /// answer, once.
 async fn add_user(State(s): State<AppState>, raw: Bytes) -> ApiResult {
@@ -610,7 +662,7 @@ async fn add_user(State(s): State<AppState>, raw: Bytes) -> ApiResult {
     Ok((StatusCode::CREATED, axum::Json(v)).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct UserChange {
     #[serde(default)]
@@ -619,6 +671,20 @@ struct UserChange {
     password: Option<String>,
 }
 
+#[utoipa::path(
+    patch,
+    path = "/api/users/{name}",
+    tag = "accounts",
+    params(("name" = String, Path, description = "The account")),
+    request_body(content = UserChange, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The account after the change", body = Object),
+        (status = 400, description = "A field is wrong (`field` names it)", body = ErrorBody),
+        (status = 403, description = "The caller's role may not", body = ErrorBody),
+        (status = 404, description = "No such account", body = ErrorBody),
+        (status = 409, description = "It is the last admin", body = ErrorBody),
+    )
+)]
 /// `PATCH /api/users/{name}` `{"role"?, "password"?}`: a new password ends the account's
 /// sessions.
 async fn change_user(State(s): State<AppState>, Path(name): Path<String>, raw: Bytes) -> ApiResult {
@@ -645,6 +711,19 @@ async fn change_user(State(s): State<AppState>, Path(name): Path<String>, raw: B
     ok(s.hub.accounts_read(|a| user_json(&u, a, &policy)))
 }
 
+/// Removes an account and ends its sessions.
+#[utoipa::path(
+    delete,
+    path = "/api/users/{name}",
+    tag = "accounts",
+    params(("name" = String, Path, description = "The account")),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 403, description = "The caller's role may not", body = ErrorBody),
+        (status = 404, description = "No such account", body = ErrorBody),
+        (status = 409, description = "It is the last admin", body = ErrorBody),
+    )
+)]
 async fn remove_user(State(s): State<AppState>, Path(name): Path<String>) -> ApiResult {
     let actor = actor();
     s.hub
@@ -665,13 +744,23 @@ fn token_json(t: &accounts::ApiToken, now: i64) -> Value {
     })
 }
 
+/// Every API token (never its secret).
+#[utoipa::path(
+    get,
+    path = "/api/tokens",
+    tag = "accounts",
+    responses(
+        (status = 200, description = "Name, role, created by, expiry, last use", body = Object),
+        (status = 403, description = "The caller's role may not", body = ErrorBody),
+    )
+)]
 async fn list_tokens(State(s): State<AppState>) -> ApiResult {
     let now = now_ms();
     ok(s.hub
         .accounts_read(|a| a.tokens().map(|t| token_json(t, now)).collect::<Vec<_>>()))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewToken {
     name: String,
@@ -681,6 +770,18 @@ struct NewToken {
     expires_at: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/tokens",
+    tag = "accounts",
+    request_body(content = NewToken, content_type = "application/json"),
+    responses(
+        (status = 201, description = "The token, its secret in `token` (shown once)", body = Object),
+        (status = 400, description = "A field is wrong (`field` names it)", body = ErrorBody),
+        (status = 403, description = "The caller's role may not", body = ErrorBody),
+        (status = 409, description = "The name is taken", body = ErrorBody),
+    )
+)]
 /// `POST /api/tokens` `{"name", "role", "expires_at"?}` → 201 with the token's secret
 /// (`token`), shown this once.
 async fn create_token(State(s): State<AppState>, raw: Bytes) -> ApiResult {
@@ -718,6 +819,18 @@ async fn create_token(State(s): State<AppState>, raw: Bytes) -> ApiResult {
     Ok((StatusCode::CREATED, axum::Json(v)).into_response())
 }
 
+/// Revokes an API token.
+#[utoipa::path(
+    delete,
+    path = "/api/tokens/{name}",
+    tag = "accounts",
+    params(("name" = String, Path, description = "The token's name")),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 403, description = "The caller's role may not", body = ErrorBody),
+        (status = 404, description = "No such token", body = ErrorBody),
+    )
+)]
 async fn revoke_token(State(s): State<AppState>, Path(name): Path<String>) -> ApiResult {
     let actor = actor();
     s.hub
@@ -726,6 +839,16 @@ async fn revoke_token(State(s): State<AppState>, Path(name): Path<String>) -> Ap
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+/// Every console session.
+#[utoipa::path(
+    get,
+    path = "/api/sessions",
+    tag = "accounts",
+    responses(
+        (status = 200, description = "Id, account, address, browser, last seen, expiry, whether it is this request's", body = Object),
+        (status = 403, description = "The caller's role may not", body = ErrorBody),
+    )
+)]
 async fn list_sessions(State(s): State<AppState>) -> ApiResult {
     let policy = s.auth.policy;
     let current = identity().and_then(|i| i.session);
@@ -748,6 +871,18 @@ async fn list_sessions(State(s): State<AppState>) -> ApiResult {
     }))
 }
 
+/// Ends a console session.
+#[utoipa::path(
+    delete,
+    path = "/api/sessions/{id}",
+    tag = "accounts",
+    params(("id" = String, Path, description = "The session's id (`GET /api/sessions`)")),
+    responses(
+        (status = 204, description = "Ended"),
+        (status = 403, description = "The caller's role may not", body = ErrorBody),
+        (status = 404, description = "No such session", body = ErrorBody),
+    )
+)]
 async fn end_session(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult {
     let actor = actor();
     s.hub

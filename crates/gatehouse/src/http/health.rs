@@ -72,6 +72,16 @@ impl PacketHandler for WatchLink {
     }
 }
 
+/// Whether the process answers.
+///
+/// `ok` as text, to anyone: nothing about the server but that it runs.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "health",
+    security(()),
+    responses((status = 200, description = "The process answers", body = String, content_type = "text/plain"))
+)]
 pub(super) async fn healthz() -> Response {
     (StatusCode::OK, "ok\n").into_response()
 }
@@ -94,6 +104,19 @@ pub fn not_ready(s: &AppState) -> Vec<&'static str> {
     reasons
 }
 
+/// Whether the server can do its job.
+///
+/// Ready when the store takes writes and the MQTT side is up; to anyone, with reasons only.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "health",
+    security(()),
+    responses(
+        (status = 200, description = "Ready: `{\"ready\": true}`", body = Object),
+        (status = 503, description = "Not ready: `{\"ready\": false, \"reasons\": [...]}`", body = Object),
+    )
+)]
 pub(super) async fn readyz(State(s): State<AppState>) -> Response {
     let reasons = not_ready(&s);
     if reasons.is_empty() {

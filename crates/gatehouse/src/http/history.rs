@@ -1,28 +1,32 @@
 //! History routes: a device's messages (every frame or packet in, with its answer) and the
 //! event log. Read from the store.
 
-use axum::Router;
 use axum::extract::{Path, Query, State};
-use axum::routing::get;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::acon::no_board;
-use super::{ApiError, ApiResult, AppState, ok};
+use super::{ApiError, ApiResult, AppState, ErrorBody, ok};
 use crate::clock::rfc3339;
 use crate::core::CoreError;
 use crate::core::acon::board_key;
 use crate::store::EventFilter;
 
-pub(super) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/devices/acon/{id}/messages", get(board_messages))
-        .route("/api/devices/{type}/{id}/messages", get(prop_messages))
-        .route("/api/events", get(get_events))
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(board_messages))
+        .routes(routes!(prop_messages))
+        .routes(routes!(get_events))
 }
 
-#[derive(Deserialize)]
+/// The query of the message lists.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct LimitQuery {
+    /// The most messages, newest first: 1 to 10000 (default 100).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 10000)]
     limit: Option<String>,
 }
 
@@ -39,6 +43,23 @@ fn limit(q: Option<String>) -> Result<u32, ApiError> {
     }
 }
 
+/// A board's messages.
+///
+/// Every frame in, with the answer that went out.
+#[utoipa::path(
+    get,
+    path = "/api/devices/acon/{id}/messages",
+    tag = "history",
+    params(
+        ("id" = String, Path, description = "The board's id, e.g. `1`"),
+        LimitQuery,
+    ),
+    responses(
+        (status = 200, description = "The messages, newest first: time, raw and parsed, the answer", body = Vec<Object>),
+        (status = 400, description = "`limit` is not a number from 1 to 10000", body = ErrorBody),
+        (status = 404, description = "No such board", body = ErrorBody),
+    )
+)]
 async fn board_messages(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -50,7 +71,24 @@ async fn board_messages(
     messages(&s, board_key(&id), q).await
 }
 
-/// Messages of a SKABEN device (every packet in, with what went out in answer).
+/// A SKABEN device's messages.
+///
+/// Every packet in, with what went out in answer.
+#[utoipa::path(
+    get,
+    path = "/api/devices/{type}/{id}/messages",
+    tag = "history",
+    params(
+        ("type" = String, Path, description = "The device type, e.g. `lock`"),
+        ("id" = String, Path, description = "The device's id, or `all` for the packets to a whole type"),
+        LimitQuery,
+    ),
+    responses(
+        (status = 200, description = "The messages, newest first: time, raw and parsed, the answer", body = Vec<Object>),
+        (status = 400, description = "`limit` is not a number from 1 to 10000", body = ErrorBody),
+        (status = 404, description = "No such device", body = ErrorBody),
+    )
+)]
 async fn prop_messages(
     State(s): State<AppState>,
     Path((ty, id)): Path<(String, String)>,
@@ -90,13 +128,34 @@ async fn messages(s: &AppState, device: String, q: LimitQuery) -> ApiResult {
     ok(out)
 }
 
-#[derive(Deserialize)]
+/// The query of the event log.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct EventQuery {
+    /// Only this device's events (`acon/1`, `lock/1`).
     device: Option<String>,
+    /// Only events of this kind (`state_changed`, `cell_engaged`, …).
     kind: Option<String>,
+    /// The most events, newest first: 1 to 10000 (default 100).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 10000)]
     limit: Option<String>,
 }
 
+/// The event log.
+///
+/// Everything that happened, who did it, newest first.
+#[utoipa::path(
+    get,
+    path = "/api/events",
+    tag = "history",
+    params(
+        EventQuery,
+    ),
+    responses(
+        (status = 200, description = "The events, newest first: time, device, kind, actor, data", body = Vec<Object>),
+        (status = 400, description = "`limit` is not a number from 1 to 10000", body = ErrorBody),
+    )
+)]
 async fn get_events(State(s): State<AppState>, Query(q): Query<EventQuery>) -> ApiResult {
     let filter = EventFilter {
         device: q.device,

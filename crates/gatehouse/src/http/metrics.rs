@@ -183,6 +183,16 @@ pub fn render(s: &Snapshot<'_>) -> String {
     e.finish()
 }
 
+/// The server's metrics, for Prometheus.
+///
+/// The text exposition format (version 0.0.4): counters, the store's health, pending pushes,
+/// the MQTT side. `--metrics-listen` serves the same without the token.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "health",
+    responses((status = 200, description = "The metrics in the Prometheus text format", body = String, content_type = "text/plain; version=0.0.4"))
+)]
 pub(super) async fn metrics(State(s): State<AppState>) -> Response {
     let entries = s.hub.stats.entries();
     let store = s.hub.store().health();

@@ -1,35 +1,75 @@
 //! SKABEN routes: prop pages, config replace/patch with `If-Match`, pushes, device types.
 
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::IntoResponse;
-use axum::routing::{get, post, put};
 use serde_json::{Value, json};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::acon::unexpected;
-use super::{ApiError, ApiResult, AppState, body, ok, page_json};
+use super::{ApiError, ApiResult, AppState, ErrorBody, body, ok, page_json};
 use crate::clock::now_ms;
 use crate::core::skaben::{Delivery, DeviceType, Push, Reported};
 use crate::core::{
     Command, ConfigEdit, Outcome, PropSnapshot, SkabenRegister, TypeSnapshot, TypeUpdate,
 };
 
-pub(super) fn routes() -> Router<AppState> {
-    Router::new()
-        .route(
-            "/api/devices/{type}/{id}",
-            get(get_device).put(register_device),
-        )
-        .route(
-            "/api/devices/{type}/{id}/config",
-            put(put_config).patch(patch_config),
-        )
-        .route("/api/devices/{type}/{id}/push", post(push_device))
-        .route("/api/types", get(list_types))
-        .route("/api/types/{type}", get(get_type).put(put_type))
-        .route("/api/types/{type}/push", post(push_type))
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(get_device, register_device))
+        .routes(routes!(put_config, patch_config))
+        .routes(routes!(push_device))
+        .routes(routes!(list_types))
+        .routes(routes!(get_type, put_type))
+        .routes(routes!(push_type))
+}
+
+// The schema of [`SkabenRegister`], which the core owns; `tests` checks that the core takes
+// every field documented here.
+/// A prop's registration: every field optional, an absent one left as it is.
+#[derive(utoipa::ToSchema)]
+#[schema(as = RegisterProp)]
+#[allow(dead_code)]
+pub(super) struct RegisterPropDoc {
+    /// The prop's name for the operators.
+    name: Option<String>,
+    /// Free text.
+    notes: Option<String>,
+    /// How the prop reads a config push: `standard` or `reference`; `null` goes back to the
+    /// type's.
+    #[schema(nullable, example = "standard")]
+    profile: Option<String>,
+}
+
+// The schema of [`TypeUpdate`], which the core owns; `tests` checks that the core takes every
+// field documented here.
+/// A device type's settings: every field optional, an absent one left as it is; a new type
+/// needs `kind`.
+#[derive(utoipa::ToSchema)]
+#[schema(as = TypeUpdate)]
+#[allow(dead_code)]
+pub(super) struct TypeUpdateDoc {
+    /// `smart` (keeps a structured config, takes merges) or `dumb` (takes the whole config).
+    #[schema(example = "smart")]
+    kind: Option<String>,
+    /// Whether the type's devices are served.
+    active: Option<bool>,
+    /// How its devices read a config push: `standard` or `reference`.
+    profile: Option<String>,
+    /// Seconds between keepalives; `null` goes back to the server's setting.
+    #[schema(nullable)]
+    keepalive_secs: Option<f64>,
+    /// The largest packet taken, bytes; `null` goes back to the server's setting.
+    #[schema(nullable)]
+    max_payload_bytes: Option<u32>,
+    /// The config a new device of the type starts with.
+    #[schema(value_type = Option<Object>)]
+    config: Option<Value>,
+    /// A JSON Schema the devices' configs must meet; `null` removes it.
+    #[schema(value_type = Option<Object>, nullable)]
+    schema: Option<Value>,
 }
 
 fn push_json(p: &Push) -> Value {
@@ -155,6 +195,22 @@ pub(super) fn not_found(ty: &str, id: &str) -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, format!("no device {ty}/{id}"))
 }
 
+/// A prop's page.
+///
+/// Its desired config (with version and hash), what it reported, the delivery of its pushes, whether it is in sync.
+#[utoipa::path(
+    get,
+    path = "/api/devices/{type}/{id}",
+    tag = "skaben",
+    params(
+        ("type" = String, Path, description = "The device type, e.g. `lock`"),
+        ("id" = String, Path, description = "The device's id, e.g. `1`"),
+    ),
+    responses(
+        (status = 200, description = "The prop's page; its ETag is the config version", body = Object),
+        (status = 404, description = "No such device", body = ErrorBody),
+    )
+)]
 async fn get_device(
     State(s): State<AppState>,
     Path((ty, id)): Path<(String, String)>,
@@ -166,6 +222,23 @@ async fn get_device(
     }
 }
 
+/// Register a prop or change its name, notes or profile.
+#[utoipa::path(
+    put,
+    path = "/api/devices/{type}/{id}",
+    tag = "skaben",
+    params(
+        ("type" = String, Path, description = "The device type, e.g. `lock`"),
+        ("id" = String, Path, description = "The device's id, e.g. `1`"),
+    ),
+    request_body(content = RegisterPropDoc, description = "The fields to set", content_type = "application/json"),
+    responses(
+        (status = 200, description = "The prop's page", body = Object),
+        (status = 201, description = "Registered: the new prop's page", body = Object),
+        (status = 400, description = "A field is wrong (`field` names it)", body = ErrorBody),
+        (status = 404, description = "No such device type", body = ErrorBody),
+    )
+)]
 async fn register_device(
     State(s): State<AppState>,
     Path((ty, id)): Path<(String, String)>,
@@ -220,6 +293,26 @@ async fn set_config(
     prop_command(&s, Command::SetConfig { ty, id, edit }).await
 }
 
+/// Replace a prop's config.
+///
+/// The new config is pushed to the prop; with `If-Match` only if nobody changed it since.
+#[utoipa::path(
+    put,
+    path = "/api/devices/{type}/{id}/config",
+    tag = "skaben",
+    params(
+        ("type" = String, Path, description = "The device type, e.g. `lock`"),
+        ("id" = String, Path, description = "The device's id, e.g. `1`"),
+        ("If-Match" = Option<String>, Header, description = "The config version read (the page's ETag, e.g. `\"3\"`); a stale one is refused"),
+    ),
+    request_body(content = Object, description = "The whole new config", content_type = "application/json"),
+    responses(
+        (status = 200, description = "The prop's page; its ETag is the config version", body = Object),
+        (status = 400, description = "A field is wrong (`field` names it)", body = ErrorBody),
+        (status = 404, description = "No such device", body = ErrorBody),
+        (status = 409, description = "`If-Match` is not the current config version", body = ErrorBody),
+    )
+)]
 async fn put_config(
     State(s): State<AppState>,
     Path((ty, id)): Path<(String, String)>,
@@ -229,6 +322,26 @@ async fn put_config(
     set_config(s, ty, id, headers, bytes, false).await
 }
 
+/// Change part of a prop's config (a JSON merge patch).
+///
+/// RFC 7386: a key set to `null` is removed. Also taken as `application/json`.
+#[utoipa::path(
+    patch,
+    path = "/api/devices/{type}/{id}/config",
+    tag = "skaben",
+    params(
+        ("type" = String, Path, description = "The device type, e.g. `lock`"),
+        ("id" = String, Path, description = "The device's id, e.g. `1`"),
+        ("If-Match" = Option<String>, Header, description = "The config version read (the page's ETag, e.g. `\"3\"`); a stale one is refused"),
+    ),
+    request_body(content = Object, description = "An RFC 7386 merge patch", content_type = "application/merge-patch+json"),
+    responses(
+        (status = 200, description = "The prop's page; its ETag is the config version", body = Object),
+        (status = 400, description = "A field is wrong (`field` names it)", body = ErrorBody),
+        (status = 404, description = "No such device", body = ErrorBody),
+        (status = 409, description = "`If-Match` is not the current config version", body = ErrorBody),
+    )
+)]
 async fn patch_config(
     State(s): State<AppState>,
     Path((ty, id)): Path<(String, String)>,
@@ -238,6 +351,20 @@ async fn patch_config(
     set_config(s, ty, id, headers, bytes, true).await
 }
 
+/// Push a prop's config to it again.
+#[utoipa::path(
+    post,
+    path = "/api/devices/{type}/{id}/push",
+    tag = "skaben",
+    params(
+        ("type" = String, Path, description = "The device type, e.g. `lock`"),
+        ("id" = String, Path, description = "The device's id, e.g. `1`"),
+    ),
+    responses(
+        (status = 200, description = "The prop's page; its ETag is the config version", body = Object),
+        (status = 404, description = "No such device", body = ErrorBody),
+    )
+)]
 async fn push_device(
     State(s): State<AppState>,
     Path((ty, id)): Path<(String, String)>,
@@ -246,11 +373,33 @@ async fn push_device(
     prop_command(&s, Command::PushDevice { ty, id }).await
 }
 
+/// Every SKABEN device type.
+#[utoipa::path(
+    get,
+    path = "/api/types",
+    tag = "types",
+    responses(
+        (status = 200, description = "The types, each with its devices", body = Vec<Object>),
+    )
+)]
 async fn list_types(State(s): State<AppState>) -> ApiResult {
     let list: Vec<Value> = s.hub.skaben_types().iter().map(type_json).collect();
     ok(list)
 }
 
+/// A device type.
+#[utoipa::path(
+    get,
+    path = "/api/types/{type}",
+    tag = "types",
+    params(
+        ("type" = String, Path, description = "The device type, e.g. `lock`"),
+    ),
+    responses(
+        (status = 200, description = "The type, with its devices", body = Object),
+        (status = 404, description = "No such device type", body = ErrorBody),
+    )
+)]
 async fn get_type(State(s): State<AppState>, Path(name): Path<String>) -> ApiResult {
     let name = name.to_ascii_lowercase();
     match s.hub.skaben_type(&name) {
@@ -262,11 +411,39 @@ async fn get_type(State(s): State<AppState>, Path(name): Path<String>) -> ApiRes
     }
 }
 
+/// Create a device type or change it.
+#[utoipa::path(
+    put,
+    path = "/api/types/{type}",
+    tag = "types",
+    params(
+        ("type" = String, Path, description = "The device type, e.g. `lock`"),
+    ),
+    request_body(content = TypeUpdateDoc, description = "The fields to set (a new type needs `kind`)", content_type = "application/json"),
+    responses(
+        (status = 200, description = "The type, with its devices", body = Object),
+        (status = 201, description = "Created: the new type", body = Object),
+        (status = 400, description = "A field is wrong (`field` names it)", body = ErrorBody),
+    )
+)]
 async fn put_type(State(s): State<AppState>, Path(name): Path<String>, bytes: Bytes) -> ApiResult {
     let update: TypeUpdate = body(&bytes)?;
     type_command(&s, Command::PutType { name, update }, true).await
 }
 
+/// Push a type's config to all its devices.
+#[utoipa::path(
+    post,
+    path = "/api/types/{type}/push",
+    tag = "types",
+    params(
+        ("type" = String, Path, description = "The device type, e.g. `lock`"),
+    ),
+    responses(
+        (status = 200, description = "The type, with its devices", body = Object),
+        (status = 404, description = "No such device type", body = ErrorBody),
+    )
+)]
 async fn push_type(State(s): State<AppState>, Path(name): Path<String>) -> ApiResult {
     let name = name.to_ascii_lowercase();
     type_command(&s, Command::PushType { name }, false).await

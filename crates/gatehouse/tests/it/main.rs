@@ -11,6 +11,7 @@ mod http;
 mod limits;
 mod mqtt_access;
 mod net_limits;
+mod openapi;
 mod preset;
 mod skaben;
 mod store;
