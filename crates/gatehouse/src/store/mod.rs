@@ -199,15 +199,26 @@ impl Default for StoreHealth {
     }
 }
 
-/// Resolves when a submitted unit is durable (or failed).
-pub struct Commit(oneshot::Receiver<StoreResult<()>>);
+/// The seqs a committed unit's events were given, in the order of its [`Write::Event`]s
+/// (empty for a unit without events).
+pub type Seqs = Vec<i64>;
+
+/// Resolves when a submitted unit is durable (or failed); once durable, with the seqs of its
+/// events.
+pub struct Commit(oneshot::Receiver<StoreResult<Seqs>>);
 
 impl Commit {
-    pub fn new(rx: oneshot::Receiver<StoreResult<()>>) -> Self {
+    pub fn new(rx: oneshot::Receiver<StoreResult<Seqs>>) -> Self {
         Commit(rx)
     }
 
+    /// Waits for the unit to be durable.
     pub async fn wait(self) -> StoreResult<()> {
+        self.seqs().await.map(drop)
+    }
+
+    /// Waits for the unit to be durable and returns the seqs of its events.
+    pub async fn seqs(self) -> StoreResult<Seqs> {
         self.0.await.unwrap_or(Err(StoreError::Closed))
     }
 }
