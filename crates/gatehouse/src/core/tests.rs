@@ -396,6 +396,13 @@ impl Store for Gated {
     fn events(&self, filter: EventFilter) -> crate::store::StoreFuture<'_, Vec<StoredEvent>> {
         self.inner.events(filter)
     }
+    fn events_after(
+        &self,
+        filter: EventFilter,
+        after: i64,
+    ) -> crate::store::StoreFuture<'_, crate::store::EventsAfter> {
+        self.inner.events_after(filter, after)
+    }
     fn load_game(&self) -> crate::store::StoreFuture<'_, Vec<(String, String)>> {
         self.inner.load_game()
     }

@@ -29,9 +29,9 @@ use tokio::sync::oneshot;
 use super::health::{FileWatch, Shared};
 use super::retention::{self, Pass, Retention};
 use super::{
-    Commit, CredentialRecord, DeviceRecord, EventFilter, EventRecord, LoadedDevice, MessageRecord,
-    Seqs, Store, StoreError, StoreFuture, StoreHealth, StoreResult, StoredEvent, StoredMessage,
-    TypeRecord, Write,
+    Commit, CredentialRecord, DeviceRecord, EventFilter, EventRecord, EventsAfter, LoadedDevice,
+    MessageRecord, Seqs, Store, StoreError, StoreFuture, StoreHealth, StoreResult, StoredEvent,
+    StoredMessage, TypeRecord, Write,
 };
 
 /// Most units in one transaction; more wait for the next one.
@@ -1235,6 +1235,66 @@ impl Store for SqliteStore {
         }))
     }
 
+    fn events_after(&self, filter: EventFilter, after: i64) -> StoreFuture<'_, EventsAfter> {
+        Box::pin(self.read(move |conn| {
+            // One read transaction: the bounds and the rows from the same snapshot.
+            let tx = conn.unchecked_transaction().map_err(db_err)?;
+            let (oldest, newest): (Option<i64>, Option<i64>) = tx
+                .query_row(
+                    "SELECT (SELECT min(seq) FROM events), (SELECT max(seq) FROM events)",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .map_err(db_err)?;
+            // One statement per filter shape, as in `events`, for the (device, seq) and
+            // (kind, seq) indexes.
+            let sql = match (&filter.device, &filter.kind) {
+                (Some(_), Some(_)) => {
+                    "SELECT seq, at, device, kind, actor, data FROM events
+                     WHERE device = ?1 AND kind = ?2 AND seq > ?3 AND seq <= ?4
+                     ORDER BY seq LIMIT ?5"
+                }
+                (Some(_), None) => {
+                    "SELECT seq, at, device, kind, actor, data FROM events
+                     WHERE device = ?1 AND ?2 IS NULL AND seq > ?3 AND seq <= ?4
+                     ORDER BY seq LIMIT ?5"
+                }
+                (None, Some(_)) => {
+                    "SELECT seq, at, device, kind, actor, data FROM events
+                     WHERE ?1 IS NULL AND kind = ?2 AND seq > ?3 AND seq <= ?4
+                     ORDER BY seq LIMIT ?5"
+                }
+                (None, None) => {
+                    "SELECT seq, at, device, kind, actor, data FROM events
+                     WHERE ?1 IS NULL AND ?2 IS NULL AND seq > ?3 AND seq <= ?4
+                     ORDER BY seq LIMIT ?5"
+                }
+            };
+            let events = {
+                let mut stmt = tx.prepare_cached(sql).map_err(db_err)?;
+                let rows = stmt
+                    .query_map(
+                        params![
+                            filter.device,
+                            filter.kind,
+                            after,
+                            newest.unwrap_or(0),
+                            filter.limit
+                        ],
+                        event_row,
+                    )
+                    .map_err(db_err)?;
+                rows.collect::<Result<Vec<_>, _>>().map_err(db_err)?
+            };
+            tx.finish().map_err(db_err)?;
+            Ok(EventsAfter {
+                events,
+                oldest,
+                newest,
+            })
+        }))
+    }
+
     fn close(&self) -> StoreFuture<'_, ()> {
         Box::pin(async move {
             let (done, rx) = oneshot::channel();
@@ -1333,6 +1393,48 @@ mod tests {
             results.push(c.seqs().await.ok());
         }
         assert_eq!(results, [Some(vec![4]), Some(vec![]), None, Some(vec![5])]);
+        store.close().await.unwrap();
+    }
+
+    /// `events_after`: the matching events after a seq, oldest first, up to the limit, with
+    /// the log's bounds.
+    #[tokio::test]
+    async fn events_after_reads_what_follows_a_seq_with_the_bounds() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("g.db")).unwrap();
+        let empty = store.events_after(EventFilter::default(), 0).await.unwrap();
+        assert!(empty.events.is_empty());
+        assert_eq!((empty.oldest, empty.newest), (None, None));
+        for k in ["a", "b", "c", "b", "a"] {
+            store.submit(vec![event(k)]).wait().await.unwrap();
+        }
+        let read = |kind: Option<&str>, after: i64, limit: u32| {
+            let filter = EventFilter {
+                device: Some("acon/1".into()),
+                kind: kind.map(str::to_string),
+                limit,
+            };
+            let store = &store;
+            async move { store.events_after(filter, after).await.unwrap() }
+        };
+        let got = read(None, 1, 10).await;
+        let seqs: Vec<i64> = got.events.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, [2, 3, 4, 5]);
+        assert_eq!((got.oldest, got.newest), (Some(1), Some(5)));
+        let seqs: Vec<i64> = read(Some("b"), 0, 10)
+            .await
+            .events
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(seqs, [2, 4]);
+        let seqs: Vec<i64> = read(None, 0, 2)
+            .await
+            .events
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(seqs, [1, 2], "oldest first, up to the limit");
         store.close().await.unwrap();
     }
 
