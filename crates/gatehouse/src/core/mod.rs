@@ -187,6 +187,8 @@ pub struct Stats {
     pub acon_connections: AtomicU64,
     pub mqtt_connections: AtomicU64,
     pub http_connections: AtomicU64,
+    /// Event streams open (`GET /api/events/stream`), kept by `http`.
+    pub http_streams: AtomicU64,
     /// Committed events the rule engine did not see: it fell behind the stream.
     pub rules_lagged: AtomicU64,
     /// Rule firings (matched and run).
@@ -442,6 +444,12 @@ impl Stats {
                 Gauge,
                 "HTTP connections open",
                 n(&self.http_connections),
+            ),
+            (
+                "http_streams",
+                Gauge,
+                "event streams open (GET /api/events/stream)",
+                n(&self.http_streams),
             ),
         ]
     }
@@ -959,6 +967,11 @@ impl Hub {
                     .is_some_and(|p| p.delivery.pending_push().is_some())
             })
             .count()
+    }
+
+    /// One device's summary (its entry in [`Hub::list`]), by `<kind>/<id>`.
+    pub fn summary(&self, key: &str) -> Option<DeviceSummary> {
+        self.lock().devices.get(key).map(Device::summary)
     }
 
     pub fn list(&self, kind: Option<&str>) -> Vec<DeviceSummary> {

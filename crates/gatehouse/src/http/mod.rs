@@ -15,6 +15,7 @@ mod history;
 pub mod metrics;
 pub mod serve;
 mod skaben;
+mod stream;
 
 use std::sync::Arc;
 
@@ -30,6 +31,7 @@ use serde_json::{Value, json};
 
 use crate::clock::rfc3339;
 use crate::core::{CoreError, DeviceSummary, DeviceView, Hub};
+pub use stream::Streams;
 
 /// Who a request acts as; recorded on every change it makes.
 const ADMIN: &str = "admin";
@@ -43,6 +45,8 @@ pub struct AppState {
     pub mqtt_auth: Option<crate::gateway::access::MqttAuth>,
     /// Whether the MQTT side is up, for `/readyz` and `/metrics`.
     pub ready: Arc<health::Readiness>,
+    /// The event streams' cap and the shutdown that ends them.
+    pub streams: Streams,
 }
 
 /// The API router: `/healthz` and `/readyz` open to anyone; everything else (one router per
@@ -58,6 +62,7 @@ pub fn app(state: AppState) -> Router {
         .merge(history::routes())
         .merge(access::routes())
         .merge(game::routes())
+        .merge(stream::routes())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
         .layer(middleware::from_fn(json_body))
         .layer(middleware::from_fn_with_state(state.clone(), auth));

@@ -13,5 +13,6 @@ mod net_limits;
 mod preset;
 mod skaben;
 mod store;
+mod stream;
 mod tools;
 mod vectors;
