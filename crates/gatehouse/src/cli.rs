@@ -324,6 +324,12 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub http_max_connections_per_addr: u32,
 
+    /// Most event streams open at once (GET /api/events/stream: one per console tab, plus
+    /// scripts); one more is answered 503.
+    #[arg(long, env = "GATEHOUSE_HTTP_MAX_STREAMS", default_value = "64", value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub http_max_streams: u32,
+
     /// Bearer token for the HTTP API. Default: generated on first start, stored in
     /// <data dir>/admin-token (mode 0600) and printed once.
     #[arg(
@@ -640,6 +646,7 @@ impl ServeArgs {
                 request_timeout: secs(self.http_request_timeout_secs),
                 max_connections: self.http_max_connections as usize,
                 max_connections_per_addr: self.http_max_connections_per_addr as usize,
+                max_streams: self.http_max_streams as usize,
             },
             admin_token: self.admin_token.clone(),
             console: crate::server::ConsoleSettings {

@@ -247,6 +247,7 @@ pub async fn start(mut s: Settings) -> anyhow::Result<Running> {
             MqttSettings::External { .. } => None,
         },
         ready: ready.clone(),
+        streams: crate::http::Streams::new(s.http.max_streams, rx.clone()),
     };
     if let Some(l) = metrics_listener {
         tasks.push(tokio::spawn(crate::http::serve::serve(

@@ -664,6 +664,39 @@ impl State {
         })
     }
 
+    /// Whether `id` may still act: its session (by id) has not ended, or its token is still
+    /// live (the admin token always is). A live session's use is noted (an open event stream
+    /// is use: a console left open on a wall stays logged in until its session's age ends it).
+    pub fn identity_live(
+        &mut self,
+        fx: &mut Effects,
+        id: &Identity,
+        policy: &SessionPolicy,
+    ) -> bool {
+        let a = &mut self.accounts;
+        if let Some(sid) = &id.session {
+            let Some(s) = a.sessions.values_mut().find(|s| s.id() == sid.as_str()) else {
+                return false;
+            };
+            if policy.expires_at(s) <= fx.now || !a.users.contains_key(&s.user) {
+                return false;
+            }
+            s.last_seen = fx.now;
+            if fx.now - s.written_seen >= SEEN_WRITE_MS {
+                s.written_seen = fx.now;
+                fx.writes.push(row(session_key(&s.hash), &*s));
+            }
+            return true;
+        }
+        if let Some(name) = id.actor.strip_prefix("token:") {
+            return a
+                .tokens
+                .get(name)
+                .is_some_and(|t| t.expires_at.is_none_or(|e| e > fx.now));
+        }
+        true
+    }
+
     /// Ends the session with this id (`Session::id`): a logout (`reason` "logged out") or an
     /// admin's revocation.
     pub fn session_end(

@@ -582,6 +582,42 @@ pub struct RecordedEvent {
     pub cause: Option<Cause>,
 }
 
+/// A recorded event once its unit is committed, as [`crate::core::Hub::subscribe`] delivers
+/// it: the event and the seq the store gave it (its row's key in the event log, growing in
+/// commit order). Derefs to the [`RecordedEvent`].
+#[derive(Debug)]
+pub struct CommittedEvent {
+    pub seq: i64,
+    pub recorded: RecordedEvent,
+    /// The stored columns, made once for every reader that needs them.
+    stored: std::sync::OnceLock<EventRecord>,
+}
+
+impl CommittedEvent {
+    pub fn new(seq: i64, recorded: RecordedEvent) -> CommittedEvent {
+        CommittedEvent {
+            seq,
+            recorded,
+            stored: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The event as the store keeps it (`kind`, `data` as JSON text, …): serialized on the
+    /// first call and shared by every later one, so several readers of the stream pay for it
+    /// once.
+    pub fn stored(&self) -> &EventRecord {
+        self.stored.get_or_init(|| self.recorded.record())
+    }
+}
+
+impl std::ops::Deref for CommittedEvent {
+    type Target = RecordedEvent;
+
+    fn deref(&self) -> &RecordedEvent {
+        &self.recorded
+    }
+}
+
 impl Event {
     /// `registered` when `created`, else `device_updated`.
     pub fn registration(created: bool, details: Registration) -> Event {

@@ -48,10 +48,10 @@ pub use self::acon::{
 };
 pub use self::change::{Counts, Effects, Publish, State};
 pub use self::device::{Device, DeviceState, DeviceSummary, DeviceView};
-pub use self::event::{Event, RecordedEvent};
+pub use self::event::{CommittedEvent, Event, RecordedEvent};
 pub use self::skaben::{ConfigEdit, PropSnapshot, SkabenRegister, TypeSnapshot, TypeUpdate};
 use crate::bus::{Bus, PacketHandler};
-use crate::store::{Commit, Store, StoreError, StoreResult};
+use crate::store::{Commit, Seqs, Store, StoreError, StoreResult};
 
 /// What to do with a device the server has never seen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -188,6 +188,8 @@ pub struct Stats {
     pub acon_connections: AtomicU64,
     pub mqtt_connections: AtomicU64,
     pub http_connections: AtomicU64,
+    /// Event streams open (`GET /api/events/stream`), kept by `http`.
+    pub http_streams: AtomicU64,
     /// Committed events the rule engine did not see: it fell behind the stream.
     pub rules_lagged: AtomicU64,
     /// Rule firings (matched and run).
@@ -460,6 +462,12 @@ impl Stats {
                 "HTTP connections open",
                 n(&self.http_connections),
             ),
+            (
+                "http_streams",
+                Gauge,
+                "event streams open (GET /api/events/stream)",
+                n(&self.http_streams),
+            ),
         ]
     }
 
@@ -586,7 +594,7 @@ struct Forward {
     events: Vec<RecordedEvent>,
     /// Webhook calls of the unit's firings: sent once it is committed.
     webhooks: Vec<crate::gateway::webhook::WebhookCall>,
-    reply: oneshot::Sender<StoreResult<()>>,
+    reply: oneshot::Sender<StoreResult<Seqs>>,
 }
 
 /// How many recorded events a subscriber may fall behind before it is told it lagged.
@@ -601,7 +609,7 @@ pub struct Hub {
     /// Units with events, in submission order, to the task that delivers their events once
     /// committed.
     forward: mpsc::UnboundedSender<Forward>,
-    events: broadcast::Sender<Arc<RecordedEvent>>,
+    events: broadcast::Sender<Arc<CommittedEvent>>,
     /// The webhook sender, once the engine is started (shared with the delivery task).
     webhooks: Arc<std::sync::OnceLock<crate::gateway::webhook::Webhooks>>,
     pub stats: Stats,
@@ -696,11 +704,12 @@ impl Hub {
         &self.store
     }
 
-    /// Recorded events, each delivered once its unit is committed, in commit order. A
-    /// subscriber that falls more than 8192 events behind gets
-    /// `broadcast::error::RecvError::Lagged(n)` and carries on from the oldest kept; it never
-    /// slows the packet path.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<RecordedEvent>> {
+    /// Recorded events, each delivered once its unit is committed, in commit order, with the
+    /// seq the store gave it (so seqs grow along the stream; the store's own
+    /// `retention_pruned` events are not in it). A subscriber that falls more than 8192
+    /// events behind gets `broadcast::error::RecvError::Lagged(n)` and carries on from the
+    /// oldest kept; it never slows the packet path.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<CommittedEvent>> {
         self.events.subscribe()
     }
 
@@ -912,7 +921,7 @@ impl Hub {
             Ok(((), Some(c))) => c,
             _ => {
                 let (tx, rx) = oneshot::channel();
-                let _ = tx.send(Ok(()));
+                let _ = tx.send(Ok(Vec::new()));
                 Commit::new(rx)
             }
         }
@@ -978,6 +987,11 @@ impl Hub {
             .count()
     }
 
+    /// One device's summary (its entry in [`Hub::list`]), by `<kind>/<id>`.
+    pub fn summary(&self, key: &str) -> Option<DeviceSummary> {
+        self.lock().devices.get(key).map(Device::summary)
+    }
+
     pub fn list(&self, kind: Option<&str>) -> Vec<DeviceSummary> {
         let st = self.lock();
         let mut out: Vec<DeviceSummary> = st
@@ -1030,19 +1044,21 @@ impl Hub {
 }
 
 /// Delivers each unit's events once it is committed, in submission order (commits resolve in
-/// that order), then hands the caller its result.
+/// that order), each with the seq the store gave it, then hands the caller its result.
 async fn deliver(
     mut queue: mpsc::UnboundedReceiver<Forward>,
-    events: broadcast::Sender<Arc<RecordedEvent>>,
+    events: broadcast::Sender<Arc<CommittedEvent>>,
     webhooks: Arc<std::sync::OnceLock<crate::gateway::webhook::Webhooks>>,
     dropped: Arc<AtomicU64>,
 ) {
     while let Some(f) = queue.recv().await {
-        let r = f.commit.wait().await;
-        if r.is_ok() {
-            for e in f.events {
+        let r = f.commit.seqs().await;
+        if let Ok(seqs) = &r {
+            // The unit's events are its first writes, in order (`Hub::submit`), so the store
+            // handed back one seq per event.
+            for (e, &seq) in f.events.into_iter().zip(seqs) {
                 // No subscriber is not an error.
-                let _ = events.send(Arc::new(e));
+                let _ = events.send(Arc::new(CommittedEvent::new(seq, e)));
             }
             // A webhook tells the world about a firing: only once it is recorded.
             for call in f.webhooks {

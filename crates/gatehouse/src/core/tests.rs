@@ -348,20 +348,21 @@ async fn ten_identical_frames_are_ten_records_and_one_reboot() {
 /// A store whose commits wait for a gate: units are applied, in order, only once it opens.
 struct Gated {
     inner: Arc<dyn Store>,
-    queue: tokio::sync::mpsc::UnboundedSender<(Vec<Write>, oneshot::Sender<StoreResult<()>>)>,
+    queue: tokio::sync::mpsc::UnboundedSender<(Vec<Write>, oneshot::Sender<StoreResult<Seqs>>)>,
 }
 
 impl Gated {
     fn new(inner: Arc<dyn Store>, open: watch::Receiver<bool>) -> Gated {
-        let (queue, mut rx) =
-            tokio::sync::mpsc::unbounded_channel::<(Vec<Write>, oneshot::Sender<StoreResult<()>>)>(
-            );
+        let (queue, mut rx) = tokio::sync::mpsc::unbounded_channel::<(
+            Vec<Write>,
+            oneshot::Sender<StoreResult<Seqs>>,
+        )>();
         let store = inner.clone();
         tokio::spawn(async move {
             let mut open = open;
             while let Some((writes, done)) = rx.recv().await {
                 let _ = open.wait_for(|&o| o).await;
-                let _ = done.send(store.submit(writes).wait().await);
+                let _ = done.send(store.submit(writes).seqs().await);
             }
         });
         Gated { inner, queue }
@@ -394,6 +395,13 @@ impl Store for Gated {
     }
     fn events(&self, filter: EventFilter) -> crate::store::StoreFuture<'_, Vec<StoredEvent>> {
         self.inner.events(filter)
+    }
+    fn events_after(
+        &self,
+        filter: EventFilter,
+        after: i64,
+    ) -> crate::store::StoreFuture<'_, crate::store::EventsAfter> {
+        self.inner.events_after(filter, after)
     }
     fn load_game(&self) -> crate::store::StoreFuture<'_, Vec<(String, String)>> {
         self.inner.load_game()
@@ -457,8 +465,22 @@ async fn events_reach_subscribers_only_after_their_unit_is_committed() {
         .unwrap();
     assert_eq!(first.device.as_deref(), Some("acon/1953"));
     assert_eq!(first.event.kind(), "registered");
-    assert_eq!(rx.recv().await.unwrap().event.kind(), "online");
+    let second = rx.recv().await.unwrap();
+    assert_eq!(second.event.kind(), "online");
     assert_eq!(f.kinds("acon/1953").await, ["registered", "online"]);
+    // Each carries the seq the store gave it.
+    let stored = f
+        .hub
+        .store()
+        .events(EventFilter {
+            device: Some("acon/1953".into()),
+            kind: None,
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert_eq!([second.seq, first.seq], [stored[0].seq, stored[1].seq]);
+    assert_eq!(first.stored(), &stored[1].record);
 }
 
 /// A subscriber that does not read is told it lagged; the packets go on being answered.

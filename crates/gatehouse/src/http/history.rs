@@ -12,7 +12,7 @@ use super::{ApiError, ApiResult, AppState, ErrorBody, ok};
 use crate::clock::rfc3339;
 use crate::core::CoreError;
 use crate::core::acon::board_key;
-use crate::store::EventFilter;
+use crate::store::{EventFilter, EventRecord};
 
 pub(super) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -168,19 +168,19 @@ async fn get_events(State(s): State<AppState>, Query(q): Query<EventQuery>) -> A
         .events(filter)
         .await
         .map_err(CoreError::from)?;
-    let out: Vec<Value> = rows
-        .into_iter()
-        .map(|e| {
-            let r = e.record;
-            json!({
-                "seq": e.seq,
-                "at": rfc3339(r.at),
-                "device": r.device,
-                "kind": r.kind,
-                "actor": r.actor,
-                "data": serde_json::from_str::<Value>(&r.data).unwrap_or(Value::String(r.data)),
-            })
-        })
-        .collect();
+    let out: Vec<Value> = rows.iter().map(|e| event_json(e.seq, &e.record)).collect();
     ok(out)
+}
+
+/// One event as the API shows it (`/api/events`, the event stream): seq, time, device, kind,
+/// actor, and `data` as JSON (as text if a stored row's is not).
+pub(super) fn event_json(seq: i64, r: &EventRecord) -> Value {
+    json!({
+        "seq": seq,
+        "at": rfc3339(r.at),
+        "device": r.device,
+        "kind": r.kind,
+        "actor": r.actor,
+        "data": serde_json::from_str::<Value>(&r.data).unwrap_or_else(|_| Value::String(r.data.clone())),
+    })
 }

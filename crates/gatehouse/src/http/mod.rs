@@ -20,6 +20,7 @@ mod history;
 pub mod metrics;
 pub mod serve;
 mod skaben;
+mod stream;
 pub mod ui;
 
 use std::sync::Arc;
@@ -39,6 +40,7 @@ use utoipa_axum::routes;
 
 use crate::clock::rfc3339;
 use crate::core::{CoreError, DeviceSummary, DeviceView, Hub};
+pub use stream::Streams;
 
 /// Shared state of the handlers.
 #[derive(Clone)]
@@ -50,6 +52,8 @@ pub struct AppState {
     pub mqtt_auth: Option<crate::gateway::access::MqttAuth>,
     /// Whether the MQTT side is up, for `/readyz` and `/metrics`.
     pub ready: Arc<health::Readiness>,
+    /// The event streams' cap and the shutdown that ends them.
+    pub streams: Streams,
 }
 
 /// The API router: `/healthz` and `/readyz` open to anyone; everything else (one router per
@@ -103,6 +107,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .merge(history::routes())
         .merge(access::routes())
         .merge(game::routes())
+        .merge(stream::routes())
         .merge(auth::routes())
 }
 
@@ -629,6 +634,7 @@ mod tests {
             ("health.rs", include_str!("health.rs")),
             ("metrics.rs", include_str!("metrics.rs")),
             ("auth.rs", include_str!("auth.rs")),
+            ("stream.rs", include_str!("stream.rs")),
         ] {
             let plain: Vec<&str> = text
                 .lines()

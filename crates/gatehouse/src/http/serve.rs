@@ -41,6 +41,8 @@ pub struct HttpLimits {
     pub request_timeout: Duration,
     pub max_connections: usize,
     pub max_connections_per_addr: usize,
+    /// Event streams open at once (`--http-max-streams`, `GET /api/events/stream`).
+    pub max_streams: usize,
 }
 
 impl Default for HttpLimits {
@@ -50,6 +52,7 @@ impl Default for HttpLimits {
             request_timeout: Duration::from_secs(30),
             max_connections: 512,
             max_connections_per_addr: 64,
+            max_streams: 64,
         }
     }
 }

@@ -160,6 +160,17 @@ pub struct EventFilter {
     pub limit: u32,
 }
 
+/// What a stream catching up reads ([`Store::events_after`]): the events after a seq that
+/// match a filter, and the bounds of the log, all from one snapshot of the store.
+#[derive(Debug, Clone, Default)]
+pub struct EventsAfter {
+    /// Oldest first.
+    pub events: Vec<StoredEvent>,
+    /// The oldest and newest seq kept, of any event (`None`: the log is empty).
+    pub oldest: Option<i64>,
+    pub newest: Option<i64>,
+}
+
 /// A latency histogram, Prometheus-style: cumulative counts per upper bound (seconds), the sum
 /// of all observations and their number.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -206,15 +217,26 @@ impl Default for StoreHealth {
     }
 }
 
-/// Resolves when a submitted unit is durable (or failed).
-pub struct Commit(oneshot::Receiver<StoreResult<()>>);
+/// The seqs a committed unit's events were given, in the order of its [`Write::Event`]s
+/// (empty for a unit without events).
+pub type Seqs = Vec<i64>;
+
+/// Resolves when a submitted unit is durable (or failed); once durable, with the seqs of its
+/// events.
+pub struct Commit(oneshot::Receiver<StoreResult<Seqs>>);
 
 impl Commit {
-    pub fn new(rx: oneshot::Receiver<StoreResult<()>>) -> Self {
+    pub fn new(rx: oneshot::Receiver<StoreResult<Seqs>>) -> Self {
         Commit(rx)
     }
 
+    /// Waits for the unit to be durable.
     pub async fn wait(self) -> StoreResult<()> {
+        self.seqs().await.map(drop)
+    }
+
+    /// Waits for the unit to be durable and returns the seqs of its events.
+    pub async fn seqs(self) -> StoreResult<Seqs> {
         self.0.await.unwrap_or(Err(StoreError::Closed))
     }
 }
@@ -266,6 +288,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Events matching the filter, newest first.
     fn events(&self, filter: EventFilter) -> StoreFuture<'_, Vec<StoredEvent>>;
+
+    /// Events matching the filter's device and kind with `after < seq <= newest`, oldest
+    /// first, at most `filter.limit`, with the oldest and newest seq of the whole log, read
+    /// from one snapshot: what an event stream resumed after `after` has missed.
+    fn events_after(&self, filter: EventFilter, after: i64) -> StoreFuture<'_, EventsAfter>;
 
     /// How the store is doing (cheap: counters and the last check, no I/O on the caller's
     /// thread).

@@ -29,9 +29,9 @@ use tokio::sync::oneshot;
 use super::health::{FileWatch, Shared};
 use super::retention::{self, Pass, Retention};
 use super::{
-    Commit, CredentialRecord, DeviceRecord, EventFilter, EventRecord, LoadedDevice, MessageRecord,
-    Store, StoreError, StoreFuture, StoreHealth, StoreResult, StoredEvent, StoredMessage,
-    TypeRecord, Write,
+    Commit, CredentialRecord, DeviceRecord, EventFilter, EventRecord, EventsAfter, LoadedDevice,
+    MessageRecord, Seqs, Store, StoreError, StoreFuture, StoreHealth, StoreResult, StoredEvent,
+    StoredMessage, TypeRecord, Write,
 };
 
 /// Most units in one transaction; more wait for the next one.
@@ -157,7 +157,7 @@ enum Request {
     /// A unit of writes; `urgent` when somebody waits for its commit to answer; when it was
     /// submitted.
     Unit(Vec<Write>, Done, bool, Instant),
-    Close(Done),
+    Close(oneshot::Sender<StoreResult<()>>),
 }
 
 /// The SQLite backend. Cheap to share behind an `Arc`.
@@ -603,7 +603,8 @@ struct Writer {
     last_unit: Instant,
 }
 
-type Done = oneshot::Sender<StoreResult<()>>;
+/// Where a unit's outcome goes: the seqs of its events once committed.
+type Done = oneshot::Sender<StoreResult<Seqs>>;
 
 /// A unit taken from the queue: its writes, who waits, when it was submitted.
 type Queued = (Vec<Write>, Done, Instant);
@@ -611,7 +612,7 @@ type Queued = (Vec<Write>, Done, Instant);
 impl Writer {
     fn run(mut self, rx: mpsc::Receiver<Request>) {
         let mut batch: Vec<Queued> = Vec::new();
-        let mut close: Option<Done> = None;
+        let mut close: Option<oneshot::Sender<StoreResult<()>>> = None;
         loop {
             // Wait for a unit, or for the next timer: the file check, a retention step.
             let wait = self.next_timer().saturating_duration_since(Instant::now());
@@ -674,7 +675,7 @@ impl Writer {
         self.commit(&mut batch);
         let r = self
             .apply(std::iter::empty(), true)
-            .and_then(|()| {
+            .and_then(|_| {
                 self.conn
                     .pragma_update(None, "wal_checkpoint", "TRUNCATE")
                     .map_err(db_err)
@@ -826,10 +827,10 @@ impl Writer {
         }
         let save_heads = self.last_saved.elapsed() >= HEADS_EVERY;
         match self.apply(batch.iter().map(|(w, _, _)| w.as_slice()), save_heads) {
-            Ok(()) => {
-                for (_, done, at) in batch.drain(..) {
+            Ok(seqs) => {
+                for ((_, done, at), seqs) in batch.drain(..).zip(seqs) {
                     self.shared.observe_commit(at.elapsed());
-                    let _ = done.send(Ok(()));
+                    let _ = done.send(Ok(seqs));
                 }
                 self.recovered();
             }
@@ -839,9 +840,11 @@ impl Writer {
                 let mut failed = 0;
                 let mut last_error = None;
                 for (w, done, at) in batch.drain(..) {
-                    let r = self.apply(std::iter::once(w.as_slice()), false);
+                    let r = self
+                        .apply(std::iter::once(w.as_slice()), false)
+                        .map(|mut s| s.pop().unwrap_or_default());
                     match &r {
-                        Ok(()) => self.shared.observe_commit(at.elapsed()),
+                        Ok(_) => self.shared.observe_commit(at.elapsed()),
                         Err(e) => {
                             failed += 1;
                             last_error = Some(e.to_string());
@@ -883,13 +886,15 @@ impl Writer {
     }
 
     /// One transaction: the units, and the heads when `save_heads`. The shared heads move
-    /// only once the transaction is committed.
+    /// only once the transaction is committed. Returns, per unit, the seqs its events were
+    /// given (the rowids of their inserts: no query).
     fn apply<'a>(
         &mut self,
         units: impl Iterator<Item = &'a [Write]>,
         save_heads: bool,
-    ) -> StoreResult<()> {
+    ) -> StoreResult<Vec<Seqs>> {
         let mut moved: HashMap<&'a str, i64> = HashMap::new();
+        let mut seqs: Vec<Seqs> = Vec::new();
         let t0 = Instant::now();
         let tx = self.conn.transaction().map_err(db_err)?;
         {
@@ -951,6 +956,7 @@ impl Writer {
                 .map_err(db_err)?;
             let heads = lock_heads(&self.heads);
             for unit in units {
+                let mut unit_seqs = Seqs::new();
                 for w in unit {
                     match w {
                         Write::Device(d) => dev
@@ -983,7 +989,7 @@ impl Writer {
                         }
                         Write::Event(e) => ev
                             .execute(params![e.at, e.device, e.kind, e.actor, e.data])
-                            .map(drop),
+                            .map(|_| unit_seqs.push(tx.last_insert_rowid())),
                         Write::DeviceType(t) => ty.execute(params![t.name, t.data]).map(drop),
                         Write::Credential(c) => cred
                             .execute(params![c.username, c.subject, c.hash, c.created_at])
@@ -998,6 +1004,7 @@ impl Writer {
                     }
                     .map_err(db_err)?;
                 }
+                seqs.push(unit_seqs);
             }
             drop(heads);
             if save_heads {
@@ -1052,7 +1059,7 @@ impl Writer {
                 }
             }
         }
-        Ok(())
+        Ok(seqs)
     }
 }
 
@@ -1268,6 +1275,66 @@ impl Store for SqliteStore {
         }))
     }
 
+    fn events_after(&self, filter: EventFilter, after: i64) -> StoreFuture<'_, EventsAfter> {
+        Box::pin(self.read(move |conn| {
+            // One read transaction: the bounds and the rows from the same snapshot.
+            let tx = conn.unchecked_transaction().map_err(db_err)?;
+            let (oldest, newest): (Option<i64>, Option<i64>) = tx
+                .query_row(
+                    "SELECT (SELECT min(seq) FROM events), (SELECT max(seq) FROM events)",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .map_err(db_err)?;
+            // One statement per filter shape, as in `events`, for the (device, seq) and
+            // (kind, seq) indexes.
+            let sql = match (&filter.device, &filter.kind) {
+                (Some(_), Some(_)) => {
+                    "SELECT seq, at, device, kind, actor, data FROM events
+                     WHERE device = ?1 AND kind = ?2 AND seq > ?3 AND seq <= ?4
+                     ORDER BY seq LIMIT ?5"
+                }
+                (Some(_), None) => {
+                    "SELECT seq, at, device, kind, actor, data FROM events
+                     WHERE device = ?1 AND ?2 IS NULL AND seq > ?3 AND seq <= ?4
+                     ORDER BY seq LIMIT ?5"
+                }
+                (None, Some(_)) => {
+                    "SELECT seq, at, device, kind, actor, data FROM events
+                     WHERE ?1 IS NULL AND kind = ?2 AND seq > ?3 AND seq <= ?4
+                     ORDER BY seq LIMIT ?5"
+                }
+                (None, None) => {
+                    "SELECT seq, at, device, kind, actor, data FROM events
+                     WHERE ?1 IS NULL AND ?2 IS NULL AND seq > ?3 AND seq <= ?4
+                     ORDER BY seq LIMIT ?5"
+                }
+            };
+            let events = {
+                let mut stmt = tx.prepare_cached(sql).map_err(db_err)?;
+                let rows = stmt
+                    .query_map(
+                        params![
+                            filter.device,
+                            filter.kind,
+                            after,
+                            newest.unwrap_or(0),
+                            filter.limit
+                        ],
+                        event_row,
+                    )
+                    .map_err(db_err)?;
+                rows.collect::<Result<Vec<_>, _>>().map_err(db_err)?
+            };
+            tx.finish().map_err(db_err)?;
+            Ok(EventsAfter {
+                events,
+                oldest,
+                newest,
+            })
+        }))
+    }
+
     fn close(&self) -> StoreFuture<'_, ()> {
         Box::pin(async move {
             let (done, rx) = oneshot::channel();
@@ -1325,6 +1392,90 @@ mod tests {
             .unwrap();
         let kinds: Vec<_> = got.iter().map(|e| e.record.kind.as_str()).collect();
         assert_eq!(kinds, ["k99", "k98", "k97"]);
+    }
+
+    /// A commit hands back its events' seqs, in the unit's order, units in a batch and units
+    /// retried alone alike.
+    #[tokio::test]
+    async fn commits_give_their_events_seqs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("g.db")).unwrap();
+        // Several units in one batch, one of them without events, one with a message first.
+        let commits = vec![
+            store.submit(vec![event("a"), event("b")]),
+            store.submit(vec![message("acon/1", 1)]),
+            store.submit(vec![message("acon/1", 2), event("c")]),
+        ];
+        let mut seqs = Vec::new();
+        for c in commits {
+            seqs.push(c.seqs().await.unwrap());
+        }
+        assert_eq!(seqs, [vec![1, 2], vec![], vec![3]]);
+        // A failing unit (a second credential for one subject) makes its batch retry unit
+        // by unit, if they shared one: the seqs are right either way, and the failed unit's
+        // are not used.
+        let cred = |user: &str| {
+            Write::Credential(CredentialRecord {
+                username: user.into(),
+                subject: "type:lock".into(),
+                hash: "h".into(),
+                created_at: 0,
+            })
+        };
+        let commits = vec![
+            store.submit(vec![event("d")]),
+            store.submit(vec![cred("u1")]),
+            store.submit(vec![event("x"), cred("u2")]),
+            store.submit(vec![event("e")]),
+        ];
+        let mut results = Vec::new();
+        for c in commits {
+            results.push(c.seqs().await.ok());
+        }
+        assert_eq!(results, [Some(vec![4]), Some(vec![]), None, Some(vec![5])]);
+        store.close().await.unwrap();
+    }
+
+    /// `events_after`: the matching events after a seq, oldest first, up to the limit, with
+    /// the log's bounds.
+    #[tokio::test]
+    async fn events_after_reads_what_follows_a_seq_with_the_bounds() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("g.db")).unwrap();
+        let empty = store.events_after(EventFilter::default(), 0).await.unwrap();
+        assert!(empty.events.is_empty());
+        assert_eq!((empty.oldest, empty.newest), (None, None));
+        for k in ["a", "b", "c", "b", "a"] {
+            store.submit(vec![event(k)]).wait().await.unwrap();
+        }
+        let read = |kind: Option<&str>, after: i64, limit: u32| {
+            let filter = EventFilter {
+                device: Some("acon/1".into()),
+                kind: kind.map(str::to_string),
+                limit,
+            };
+            let store = &store;
+            async move { store.events_after(filter, after).await.unwrap() }
+        };
+        let got = read(None, 1, 10).await;
+        let seqs: Vec<i64> = got.events.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, [2, 3, 4, 5]);
+        assert_eq!((got.oldest, got.newest), (Some(1), Some(5)));
+        let seqs: Vec<i64> = read(Some("b"), 0, 10)
+            .await
+            .events
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(seqs, [2, 4]);
+        let seqs: Vec<i64> = read(None, 0, 2)
+            .await
+            .events
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(seqs, [1, 2], "oldest first, up to the limit");
+        store.close().await.unwrap();
     }
 
     fn message(device: &str, send: i64) -> Write {

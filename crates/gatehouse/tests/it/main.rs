@@ -15,5 +15,6 @@ mod openapi;
 mod preset;
 mod skaben;
 mod store;
+mod stream;
 mod tools;
 mod vectors;

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use gatehouse::core::{Event, RecordedEvent};
+use gatehouse::core::{CommittedEvent, Event, RecordedEvent};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -263,14 +263,14 @@ async fn pong_rules(broker: Broker) {
 
 /// The next recorded event a subscriber gets that matches `want` (others are skipped).
 async fn next_event(
-    rx: &mut tokio::sync::broadcast::Receiver<std::sync::Arc<RecordedEvent>>,
+    rx: &mut tokio::sync::broadcast::Receiver<std::sync::Arc<CommittedEvent>>,
     want: impl Fn(&RecordedEvent) -> bool,
 ) -> RecordedEvent {
     tokio::time::timeout(Duration::from_secs(5), async {
         loop {
             let e = rx.recv().await.unwrap();
             if want(&e) {
-                return (*e).clone();
+                return e.recorded.clone();
             }
         }
     })
