@@ -8,7 +8,7 @@
 //! - A page needs a live session; without one it answers 303 to `/login?next=<the page>`.
 //!   Pages only read: every change a page offers is a call to the `/api` routes, with their
 //!   role checks.
-//! - A fragment a page refreshes (`/devices/rows`, `/overview/counts`) is rendered by the same
+//! - A fragment a page refreshes (`/devices/list`, `/overview/counts`) is rendered by the same
 //!   template the page includes, from the same query, so the live view and a reload agree.
 
 use std::collections::BTreeMap;
@@ -98,7 +98,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/", get(overview))
         .route("/overview/counts", get(overview_counts))
         .route("/devices", get(devices))
-        .route("/devices/rows", get(device_rows))
+        .route("/devices/list", get(device_list))
         .layer(axum::middleware::from_fn_with_state(state, session));
     Router::new()
         .route("/assets/{name}", get(asset))
@@ -457,9 +457,12 @@ struct DevicesPage {
 }
 
 #[derive(Template)]
-#[template(path = "device_rows.html")]
-struct DeviceRows {
+#[template(path = "device_list.html")]
+struct DeviceList {
     rows: Vec<Row>,
+    next: Option<String>,
+    shown: usize,
+    matching: usize,
 }
 
 fn bad_filter(e: axum::extract::rejection::QueryRejection) -> Response {
@@ -516,7 +519,8 @@ async fn devices(
     )
 }
 
-async fn device_rows(
+/// The list and its count, for the live refresh: the same page of the same filter.
+async fn device_list(
     State(s): State<AppState>,
     q: Result<Query<DeviceFilter>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
@@ -524,6 +528,14 @@ async fn device_rows(
         Ok(Query(f)) => f,
         Err(e) => return bad_filter(e),
     };
-    let (rows, _, _) = page(s.hub.list(None), &f, now_ms());
-    html(DeviceRows { rows }, StatusCode::OK)
+    let (rows, next, matching) = page(s.hub.list(None), &f, now_ms());
+    html(
+        DeviceList {
+            shown: rows.len(),
+            rows,
+            next,
+            matching,
+        },
+        StatusCode::OK,
+    )
 }
