@@ -3,6 +3,7 @@
 mod accounts;
 mod acon_guards;
 mod api;
+mod browser;
 mod common;
 mod config;
 mod durability;
