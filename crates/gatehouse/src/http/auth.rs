@@ -239,7 +239,13 @@ pub fn required_role(method: &Method, path: &str) -> Role {
     let reads = method == Method::GET || method == Method::HEAD;
     match segs.as_slice() {
         // Who may do what, and the broker's logins.
-        ["api", "users" | "tokens" | "sessions" | "credentials", ..] => Role::Admin,
+        [
+            "api",
+            "users" | "tokens" | "sessions" | "credentials" | "observers",
+            ..,
+        ] => Role::Admin,
+        // A device's or a type's MQTT credential.
+        ["api", .., "credentials"] => Role::Admin,
         _ if reads => Role::Viewer,
         // What the venue's devices and rules are: a type's definition, the rule set.
         ["api", "types", _] => Role::Admin,
@@ -919,6 +925,32 @@ mod tests {
             (Method::DELETE, "/api/sessions/ab", Role::Admin),
             (Method::POST, "/api/tokens", Role::Admin),
             (Method::GET, "/api/me", Role::Viewer),
+            (
+                Method::POST,
+                "/api/devices/lock/b827eb0a1b2c/credentials",
+                Role::Admin,
+            ),
+            (
+                Method::DELETE,
+                "/api/devices/lock/b827eb0a1b2c/credentials",
+                Role::Admin,
+            ),
+            (Method::POST, "/api/types/rgb/credentials", Role::Admin),
+            (
+                Method::POST,
+                "/api/observers/debug/credentials",
+                Role::Admin,
+            ),
+            (
+                Method::POST,
+                "/api/devices/lock/b827eb0a1b2c/push",
+                Role::Operator,
+            ),
+            (
+                Method::PUT,
+                "/api/devices/lock/b827eb0a1b2c/config",
+                Role::Operator,
+            ),
         ];
         for (m, p, want) in cases {
             assert_eq!(required_role(&m, p), want, "{m} {p}");

@@ -142,3 +142,80 @@ async fn every_documented_route_is_served() {
         assert!(status < 500, "{what}");
     }
 }
+
+/// The least role an operation needs, stated here from the operation's tag and method (the
+/// policy as the README gives it), independently of the server's `required_role`.
+fn least_role(path: &str, method: &str, tag: &str) -> &'static str {
+    let reads = method == "get";
+    match tag {
+        // Anyone may ask who they are.
+        "accounts" if path == "/api/me" => "viewer",
+        "accounts" | "credentials" => "admin",
+        "types" if method == "put" => "admin",
+        "rules" if !reads && !path.ends_with("/test") && !path.ends_with("/replay") => "admin",
+        _ if reads => "viewer",
+        _ => "operator",
+    }
+}
+
+/// Every documented operation × every role, table-driven from the served document: a role
+/// below the operation's is refused with 403 before anything happens; one at or above it is
+/// let through (whatever the handler then says about the plausible values sent).
+#[tokio::test]
+async fn every_operation_answers_each_role_as_the_policy_says() {
+    let s = Server::start().await;
+    let doc = served(&s).await;
+    let mut tokens = Vec::new();
+    for role in ["viewer", "operator", "admin"] {
+        let (st, t) = s
+            .send(
+                Method::POST,
+                "/api/tokens",
+                Some(serde_json::json!({"name": format!("as-{role}"), "role": role})),
+            )
+            .await;
+        assert_eq!(st, 201, "{t}");
+        tokens.push((role, t["token"].as_str().unwrap().to_string()));
+    }
+    let rank = |r: &str| ["viewer", "operator", "admin"].iter().position(|x| *x == r);
+    let mut checked = 0;
+    for (role, token) in &tokens {
+        for (path, method) in operations(&doc) {
+            let op = &doc["paths"][&path][&method];
+            // The login form and the health checks are open.
+            if op["security"].as_array().is_some_and(|a| {
+                a.iter()
+                    .all(|r| r.as_object().is_some_and(|o| o.is_empty()))
+            }) {
+                continue;
+            }
+            let tag = op["tags"][0].as_str().unwrap_or("");
+            let need = least_role(&path, &method, tag);
+            let m = Method::from_bytes(method.to_uppercase().as_bytes()).expect("a method");
+            let mut req = s.http.request(m, s.url(&fill(&path))).bearer_auth(token);
+            if let Some(ct) = op["requestBody"]["content"]
+                .as_object()
+                .and_then(|c| c.keys().next())
+            {
+                let body = if ct.contains("json") {
+                    "{}"
+                } else {
+                    "# empty\n"
+                };
+                req = req.header("content-type", ct.as_str()).body(body);
+            }
+            let resp = req.send().await.expect("an answer");
+            let status = resp.status().as_u16();
+            drop(resp);
+            let what = format!("{role} {} {path}: {status}", method.to_uppercase());
+            if rank(role) < rank(need) {
+                assert_eq!(status, 403, "refused below {need}: {what}");
+            } else {
+                assert_ne!(status, 403, "let through at {need}: {what}");
+                assert_ne!(status, 401, "{what}");
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 3 * REGISTERED, "{checked} checks");
+}
