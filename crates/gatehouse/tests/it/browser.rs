@@ -5,6 +5,7 @@
 //! (`docs/screenshots/`).
 
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -25,7 +26,14 @@ struct Browser {
 }
 
 impl Drop for Browser {
+    /// Ends chromedriver and the browsers it started: they are in its own process group
+    /// (killing chromedriver alone would leave Chromium running).
     fn drop(&mut self) {
+        let group = format!("-{}", self.driver.id());
+        // bash's `kill` takes a process group (dash's does not; .ci/run is bash).
+        let _ = Command::new("bash")
+            .args(["-c", &format!("kill -KILL -- {group}")])
+            .status();
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
@@ -51,6 +59,7 @@ impl Browser {
         let port = free_port();
         let driver = Command::new(CHROMEDRIVER)
             .arg(format!("--port={port}"))
+            .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
