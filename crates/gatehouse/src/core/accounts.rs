@@ -125,6 +125,15 @@ pub struct Session {
 }
 
 impl Session {
+    /// Notes a use now; the row is written at most once per [`SEEN_WRITE_MS`].
+    fn seen(&mut self, fx: &mut Effects) {
+        self.last_seen = fx.now;
+        if fx.now - self.written_seen >= SEEN_WRITE_MS {
+            self.written_seen = fx.now;
+            fx.writes.push(row(session_key(&self.hash), &*self));
+        }
+    }
+
     /// The id an admin sees and revokes by: the first 16 hex digits of the hash (the hash
     /// itself does not let anyone in, but it need not be shown whole).
     pub fn id(&self) -> &str {
@@ -651,11 +660,7 @@ impl State {
             return None;
         }
         let role = a.users.get(&s.user)?.role;
-        s.last_seen = fx.now;
-        if fx.now - s.written_seen >= SEEN_WRITE_MS {
-            s.written_seen = fx.now;
-            fx.writes.push(row(session_key(&hash), &*s));
-        }
+        s.seen(fx);
         Some(Identity {
             actor: s.user.clone(),
             role,
@@ -681,11 +686,7 @@ impl State {
             if policy.expires_at(s) <= fx.now || !a.users.contains_key(&s.user) {
                 return false;
             }
-            s.last_seen = fx.now;
-            if fx.now - s.written_seen >= SEEN_WRITE_MS {
-                s.written_seen = fx.now;
-                fx.writes.push(row(session_key(&s.hash), &*s));
-            }
+            s.seen(fx);
             return true;
         }
         if let Some(name) = id.actor.strip_prefix("token:") {

@@ -108,15 +108,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
 
 /// The session check of the pages: none → the login page, back here afterwards.
 async fn session(State(s): State<AppState>, req: Request, next: Next) -> Response {
-    let secret = req
-        .headers()
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == COOKIE)
-        .map(|(_, v)| v.trim().to_string());
+    let secret = auth::cookie_value(req.headers(), COOKIE).map(str::to_string);
     let policy = s.auth.policy;
     let id = secret.and_then(|secret| {
         s.hub
