@@ -16,7 +16,9 @@ use crate::common::{Server, msg};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
-const WAIT: Duration = Duration::from_secs(10);
+/// How long a page may take to show something: generous, as CI runs every test at once on
+/// two cores.
+const WAIT: Duration = Duration::from_secs(30);
 
 /// A chromedriver process and a headless Chromium session through it; both end on drop.
 struct Browser {
@@ -120,6 +122,34 @@ impl Browser {
             .unwrap_or_else(|e| panic!("no {css} on the page: {e}"))
     }
 
+    /// The text of the first element matching `css` once `ok` holds for it. Read in one
+    /// script call: a live swap replaces the list's elements at any moment, so an element
+    /// found by one WebDriver call can be stale by the next.
+    async fn wait_text(&self, css: &str, ok: impl Fn(&str) -> bool) -> String {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let mut last = None;
+        loop {
+            let v = self
+                .client
+                .execute(
+                    "const e = document.querySelector(arguments[0]); return e ? e.textContent : null;",
+                    vec![json!(css)],
+                )
+                .await
+                .unwrap_or_else(|e| panic!("reading {css}: {e}"));
+            if let Some(t) = v.as_str() {
+                if ok(t) {
+                    return t.to_string();
+                }
+                last = Some(t.to_string());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                panic!("{css} never read as expected; last: {last:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Fills the login form and submits it.
     async fn log_in(&self, name: &str, password: &str) {
         self.wait_css("input[name=name]")
@@ -148,11 +178,11 @@ impl Browser {
                 vec![],
             )
             .await
-            .unwrap();
+            .unwrap_or_else(|e| panic!("reading the performance entries: {e}"));
         v.as_array()
-            .unwrap()
+            .unwrap_or_else(|| panic!("the performance entries are not a list: {v}"))
             .iter()
-            .map(|u| u.as_str().unwrap().to_string())
+            .map(|u| u.as_str().unwrap_or_default().to_string())
             .collect()
     }
 
@@ -199,8 +229,8 @@ async fn first_login_and_a_board_appears_without_a_reload() {
     // A board reports; the list shows it without a reload (the live stream).
     let mut board = s.board().await;
     board.exchange(&msg("1953", 1, "")).await;
-    let row = b.wait_css("tr[data-key=\"acon/1953\"]").await;
-    assert!(row.text().await.unwrap().contains("online"));
+    b.wait_text("tr[data-key=\"acon/1953\"]", |t| t.contains("online"))
+        .await;
     // A mark on this page: gone if the page is loaded again.
     b.client
         .execute("window.__still_this_page = true;", vec![])
@@ -208,9 +238,10 @@ async fn first_login_and_a_board_appears_without_a_reload() {
         .unwrap();
     let mut board2 = s.board().await;
     board2.exchange(&msg("2024", 1, "")).await;
-    b.wait_css("tr[data-key=\"acon/2024\"]").await;
-    let count = b.wait_css("#device-count").await.text().await.unwrap();
-    assert_eq!(count, "2 of 2", "the count follows the list");
+    b.wait_text("tr[data-key=\"acon/2024\"]", |t| t.contains("online"))
+        .await;
+    // The count is swapped with the rows: it follows the list.
+    b.wait_text("#device-count", |t| t == "2 of 2").await;
     let same = b
         .client
         .execute("return window.__still_this_page === true;", vec![])
