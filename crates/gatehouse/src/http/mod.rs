@@ -621,7 +621,7 @@ mod tests {
 
     /// Routes are only registered through `routes!` (which documents them): no plain
     /// `.route(` in the API's modules but `metrics_app`'s `/metrics`, itself documented.
-    /// (`ui.rs` serves the console's pages, which are not API routes.)
+    /// (`ui/` serves the console's pages, which are not API routes.)
     #[test]
     fn no_route_is_registered_around_the_document() {
         for (name, text) in [

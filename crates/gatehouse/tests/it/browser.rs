@@ -18,11 +18,11 @@ const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 /// How long a page may take to show something: generous, as CI runs every test at once on
 /// two cores.
-const WAIT: Duration = Duration::from_secs(30);
+pub(crate) const WAIT: Duration = Duration::from_secs(30);
 
 /// A chromedriver process and a headless Chromium session through it; both end on drop.
-struct Browser {
-    client: Client,
+pub(crate) struct Browser {
+    pub(crate) client: Client,
     driver: Child,
     _profile: tempfile::TempDir,
 }
@@ -51,7 +51,7 @@ fn free_port() -> u16 {
 
 impl Browser {
     /// Starts chromedriver and a Chromium window of `width`×`height` CSS pixels.
-    async fn start(width: u32, height: u32) -> Browser {
+    pub(crate) async fn start(width: u32, height: u32) -> Browser {
         for p in [CHROMIUM, CHROMEDRIVER] {
             assert!(
                 std::path::Path::new(p).exists(),
@@ -113,7 +113,7 @@ impl Browser {
         panic!("no WebDriver session from chromedriver: {last:?}");
     }
 
-    async fn wait_css(&self, css: &str) -> fantoccini::elements::Element {
+    pub(crate) async fn wait_css(&self, css: &str) -> fantoccini::elements::Element {
         self.client
             .wait()
             .at_most(WAIT)
@@ -125,7 +125,7 @@ impl Browser {
     /// The text of the first element matching `css` once `ok` holds for it. Read in one
     /// script call: a live swap replaces the list's elements at any moment, so an element
     /// found by one WebDriver call can be stale by the next.
-    async fn wait_text(&self, css: &str, ok: impl Fn(&str) -> bool) -> String {
+    pub(crate) async fn wait_text(&self, css: &str, ok: impl Fn(&str) -> bool) -> String {
         let deadline = tokio::time::Instant::now() + WAIT;
         let mut last = None;
         loop {
@@ -151,7 +151,7 @@ impl Browser {
     }
 
     /// Fills the login form and submits it.
-    async fn log_in(&self, name: &str, password: &str) {
+    pub(crate) async fn log_in(&self, name: &str, password: &str) {
         self.wait_css("input[name=name]")
             .await
             .send_keys(name)
@@ -170,7 +170,7 @@ impl Browser {
     }
 
     /// Every URL the page loaded (its own, its scripts, styles and requests since).
-    async fn loaded_urls(&self) -> Vec<String> {
+    pub(crate) async fn loaded_urls(&self) -> Vec<String> {
         let v = self
             .client
             .execute(
@@ -186,7 +186,7 @@ impl Browser {
             .collect()
     }
 
-    async fn screenshot(&self, name: &str) {
+    pub(crate) async fn screenshot(&self, name: &str) {
         let png = self.client.screenshot().await.unwrap();
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/screenshots");
         std::fs::create_dir_all(dir).unwrap();
@@ -194,7 +194,7 @@ impl Browser {
     }
 }
 
-fn first_password(s: &Server) -> String {
+pub(crate) fn first_password(s: &Server) -> String {
     std::fs::read_to_string(s._dir.path().join("admin-password"))
         .unwrap()
         .trim()
