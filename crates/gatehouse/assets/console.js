@@ -160,6 +160,49 @@
     });
   }
   setInterval(tick, 1000);
+
+  // What the live stream says, for the parts of a page about one device or some kinds of
+  // event (htmx's own sse: triggers cannot filter: allowEval is off):
+  // - <div data-device="acon/1953" hx-trigger="gh:device"> gets "gh:device" when a `device`
+  //   message is about that device, or an `event` message names it;
+  // - <div data-kinds="level_changed counter_changed" hx-trigger="gh:event"> gets "gh:event"
+  //   when an `event` message is of one of those kinds ("*": any).
+  // At most one of each per element every 250 ms, so a burst is one refresh.
+  var pending = new WeakMap();
+  function poke(el, name) {
+    var p = pending.get(el) || {};
+    if (p[name]) { return; }
+    p[name] = setTimeout(function () {
+      p[name] = null;
+      el.dispatchEvent(new CustomEvent(name));
+    }, 250);
+    pending.set(el, p);
+  }
+  function forDevice(key) {
+    Array.prototype.forEach.call(document.querySelectorAll("[data-device]"), function (el) {
+      if (el.getAttribute("data-device") === key) { poke(el, "gh:device"); }
+    });
+  }
+  function onDevice(m) {
+    try { var d = JSON.parse(m.data); forDevice(d.kind + "/" + d.id); } catch (e) { /* not ours */ }
+  }
+  function onEvent(m) {
+    var d;
+    try { d = JSON.parse(m.data); } catch (e) { return; }
+    if (d.device) { forDevice(d.device); }
+    Array.prototype.forEach.call(document.querySelectorAll("[data-kinds]"), function (el) {
+      var kinds = el.getAttribute("data-kinds").split(/\s+/);
+      if (kinds.indexOf("*") >= 0 || kinds.indexOf(d.kind) >= 0) { poke(el, "gh:event"); }
+    });
+  }
+  document.addEventListener("htmx:sseOpen", function (ev) {
+    var source = ev.detail && ev.detail.source;
+    if (!source) { return; }
+    source.addEventListener("device", onDevice);
+    source.addEventListener("event", onEvent);
+    // A resync: what the page shows may have missed events; load it again.
+    source.addEventListener("resync", function () { document.body.dispatchEvent(new CustomEvent("gh:changed")); });
+  });
   document.addEventListener("DOMContentLoaded", tick);
   document.addEventListener("htmx:afterSwap", tick);
 })();
