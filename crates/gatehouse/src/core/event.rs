@@ -591,6 +591,8 @@ pub struct CommittedEvent {
     pub recorded: RecordedEvent,
     /// The stored columns, made once for every reader that needs them.
     stored: std::sync::OnceLock<EventRecord>,
+    /// The event as a reader sends it on (the live stream's JSON), made once for every reader.
+    wire: std::sync::OnceLock<String>,
 }
 
 impl CommittedEvent {
@@ -599,6 +601,7 @@ impl CommittedEvent {
             seq,
             recorded,
             stored: std::sync::OnceLock::new(),
+            wire: std::sync::OnceLock::new(),
         }
     }
 
@@ -607,6 +610,13 @@ impl CommittedEvent {
     /// once.
     pub fn stored(&self) -> &EventRecord {
         self.stored.get_or_init(|| self.recorded.record())
+    }
+
+    /// The event's text for the wire, made by `make` from its stored columns on the first
+    /// call and shared by every later one (50 stream clients serialize it once, not 50 times).
+    /// Every caller must pass the same `make`: the first one's text is the one kept.
+    pub fn wire(&self, make: impl FnOnce(i64, &EventRecord) -> String) -> &str {
+        self.wire.get_or_init(|| make(self.seq, self.stored()))
     }
 }
 

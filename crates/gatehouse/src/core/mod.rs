@@ -988,8 +988,19 @@ impl Hub {
     }
 
     /// One device's summary (its entry in [`Hub::list`]), by `<kind>/<id>`.
+    /// One device's summary (with its config's sync state, as the list has it).
     pub fn summary(&self, key: &str) -> Option<DeviceSummary> {
-        self.lock().devices.get(key).map(Device::summary)
+        let st = self.lock();
+        st.devices.get(key).map(|d| summarize(&st, d))
+    }
+
+    /// The summaries of these devices (those that exist), under one lock: what the live
+    /// stream sends every 250 ms to each client.
+    pub fn summaries<'a>(&self, keys: impl IntoIterator<Item = &'a str>) -> Vec<DeviceSummary> {
+        let st = self.lock();
+        keys.into_iter()
+            .filter_map(|k| st.devices.get(k).map(|d| summarize(&st, d)))
+            .collect()
     }
 
     pub fn list(&self, kind: Option<&str>) -> Vec<DeviceSummary> {
@@ -998,21 +1009,7 @@ impl Hub {
             .devices
             .values()
             .filter(|d| kind.is_none_or(|k| d.kind == k))
-            .map(|d| {
-                let mut s = d.summary();
-                if let (Some(p), Some(ty)) = (d.prop(), st.types.get(&d.kind)) {
-                    s.sync = Some(if p.in_sync(&ty.def) {
-                        "in_sync"
-                    } else {
-                        match p.delivery.pending.as_ref().map(|x| x.state) {
-                            Some(skaben::PushState::Failed) => "failed",
-                            Some(skaben::PushState::Pending) => "pending",
-                            None => "out_of_sync",
-                        }
-                    });
-                }
-                s
-            })
+            .map(|d| summarize(&st, d))
             .collect();
         drop(st);
         out.sort_by(|a, b| (&a.device.kind, &a.device.id).cmp(&(&b.device.kind, &b.device.id)));
@@ -1069,4 +1066,22 @@ async fn deliver(
         }
         let _ = f.reply.send(r);
     }
+}
+
+/// A device's summary, with a prop's config sync state (`in_sync`, `failed`, `pending`,
+/// `out_of_sync`) from its type's definition.
+fn summarize(st: &State, d: &Device) -> DeviceSummary {
+    let mut s = d.summary();
+    if let (Some(p), Some(ty)) = (d.prop(), st.types.get(&d.kind)) {
+        s.sync = Some(if p.in_sync(&ty.def) {
+            "in_sync"
+        } else {
+            match p.delivery.pending.as_ref().map(|x| x.state) {
+                Some(skaben::PushState::Failed) => "failed",
+                Some(skaben::PushState::Pending) => "pending",
+                None => "out_of_sync",
+            }
+        });
+    }
+    s
 }

@@ -430,7 +430,8 @@ impl Feed {
                     }
                     self.skip_upto = e.seq;
                     if self.filter.matches(&e) {
-                        self.send(e.seq, e.stored());
+                        let text = e.wire(|seq, r| event_json(seq, r).to_string());
+                        self.send_text(e.seq, text, e.device.as_deref());
                     }
                     self.sent_upto = e.seq;
                 }
@@ -461,16 +462,22 @@ impl Feed {
             .is_some()
     }
 
-    /// Queues an event (and marks its device for a `device` message).
+    /// Queues a stored event (and marks its device for a `device` message).
     fn send(&mut self, seq: i64, r: &EventRecord) {
+        let text = event_json(seq, r).to_string();
+        self.send_text(seq, &text, r.device.as_deref());
+    }
+
+    /// Queues an event's JSON text (and marks its device for a `device` message).
+    fn send_text(&mut self, seq: i64, text: &str, device: Option<&str>) {
         self.out.push_back(
             SseEvent::default()
                 .event("event")
                 .id(seq.to_string())
-                .data(event_json(seq, r).to_string()),
+                .data(text),
         );
         self.sent_upto = self.sent_upto.max(seq);
-        if let Some(d) = &r.device {
+        if let Some(d) = device {
             self.devices.touch(d);
         }
     }
@@ -478,10 +485,7 @@ impl Feed {
     /// Queues the current summary of each device (those the table does not have, like
     /// `<type>/all`, have none).
     fn show_devices(&mut self, devices: Vec<String>) {
-        for d in devices {
-            let Some(summary) = self.hub.summary(&d) else {
-                continue;
-            };
+        for summary in self.hub.summaries(devices.iter().map(String::as_str)) {
             self.out.push_back(
                 SseEvent::default()
                     .event("device")

@@ -647,3 +647,35 @@ async fn a_revoked_session_or_token_ends_its_stream() {
     let m = admin.next_event().await;
     assert_eq!(m.event, "event");
 }
+
+/// A prop's `device` message is its row of the device list, config sync state included (it
+/// was left out once: the stream's summary had no `sync` for a prop).
+#[tokio::test]
+async fn a_props_device_message_is_its_row_of_the_list_with_its_sync_state() {
+    let s = server(|_| {}).await;
+    let mut stream = open(&s, "?device=lock/0a0b0c0d0e0f", None).await;
+    let (st, v) = s
+        .send(
+            Method::PUT,
+            "/api/devices/lock/0a0b0c0d0e0f",
+            Some(json!({"name": "vault door"})),
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    let device = loop {
+        let m = stream.next().await.expect("the stream goes on");
+        if m.event == "device" {
+            break m;
+        }
+    };
+    let (_, list) = s.get("/api/devices").await;
+    let listed = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["id"] == "0a0b0c0d0e0f")
+        .unwrap()
+        .clone();
+    assert!(listed["sync"].is_string(), "{listed}");
+    assert_eq!(device.data, listed);
+}
