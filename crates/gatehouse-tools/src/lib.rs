@@ -16,6 +16,7 @@
 
 mod args;
 pub mod bench_acon;
+pub mod bench_console;
 pub mod bench_skaben;
 mod latency;
 mod net;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::parser::ValueSource;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
-use gatehouse_tools::{bench_acon, bench_skaben, simulate_acon, simulate_skaben};
+use gatehouse_tools::{bench_acon, bench_console, bench_skaben, simulate_acon, simulate_skaben};
 
 use crate::cidr::AllowList;
 use crate::core::{CoreConfig, UnknownPolicy};
@@ -257,6 +257,12 @@ pub enum BenchCommand {
     Acon(bench_acon::BenchAconArgs),
     /// Closed-loop SKABEN CUP request → CUP round trips, with the broker's own rate alongside.
     Skaben(bench_skaben::BenchSkabenArgs),
+    /// The console's device list: many devices registered, each page timed to its last byte,
+    /// next to the bare HTTP path (`/healthz`).
+    Pages(bench_console::BenchPagesArgs),
+    /// The console's live stream: devices publishing INFO at a fixed rate, first with no
+    /// client, then with SSE clients measuring each event's delay (and the server's CPU).
+    Stream(bench_console::BenchStreamArgs),
 }
 
 /// Settings of `gatehouse serve`. Each can be given as a flag, as an environment variable, or

@@ -56,6 +56,12 @@ fn main() -> ExitCode {
             Command::Bench(BenchCommand::Skaben(args)) => {
                 gatehouse_tools::bench_skaben::run(args).await
             }
+            Command::Bench(BenchCommand::Pages(args)) => {
+                gatehouse_tools::bench_console::run_pages(args).await
+            }
+            Command::Bench(BenchCommand::Stream(args)) => {
+                gatehouse_tools::bench_console::run_stream(args).await
+            }
             Command::Mqtt(MqttCommand::Acl(args)) => mqtt_acl(&args),
             Command::Backup(args) => backup(&args),
             Command::Rules(cmd) => rules_cli::run(cmd).await,
