@@ -12,6 +12,7 @@
 //!   template the page includes, from the same query, so the live view and a reload agree.
 
 mod devices;
+mod game;
 mod overview;
 
 use askama::Template;
@@ -97,6 +98,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
     let pages = Router::new()
         .merge(overview::routes())
         .merge(devices::routes())
+        .merge(game::routes())
         .layer(axum::middleware::from_fn_with_state(state, session));
     Router::new()
         .route("/assets/{name}", get(asset))
