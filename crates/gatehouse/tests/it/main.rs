@@ -5,6 +5,7 @@ mod acon_guards;
 mod api;
 mod browser;
 mod browser_game;
+mod browser_board;
 mod common;
 mod config;
 mod durability;

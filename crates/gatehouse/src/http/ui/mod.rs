@@ -11,6 +11,7 @@
 //! - A fragment a page refreshes (`/devices/list`, `/overview/counts`) is rendered by the same
 //!   template the page includes, from the same query, so the live view and a reload agree.
 
+mod board;
 mod devices;
 mod game;
 mod overview;
@@ -71,6 +72,11 @@ const ASSETS: &[Asset] = &[
         body: include_bytes!("../../../assets/console.js"),
     },
     Asset {
+        name: "board.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_bytes!("../../../assets/board.js"),
+    },
+    Asset {
         name: "console.css",
         content_type: "text/css; charset=utf-8",
         body: include_bytes!("../../../assets/console.css"),
@@ -99,6 +105,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .merge(overview::routes())
         .merge(devices::routes())
         .merge(game::routes())
+        .merge(board::routes())
         .layer(axum::middleware::from_fn_with_state(state, session));
     Router::new()
         .route("/assets/{name}", get(asset))
