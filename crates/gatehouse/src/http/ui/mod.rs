@@ -13,6 +13,7 @@
 
 mod devices;
 mod overview;
+mod rules;
 
 use askama::Template;
 use axum::Router;
@@ -74,6 +75,11 @@ const ASSETS: &[Asset] = &[
         content_type: "text/css; charset=utf-8",
         body: include_bytes!("../../../assets/console.css"),
     },
+    Asset {
+        name: "rules.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_bytes!("../../../assets/rules.js"),
+    },
 ];
 
 async fn asset(Path(name): Path<String>) -> Response {
@@ -97,6 +103,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
     let pages = Router::new()
         .merge(overview::routes())
         .merge(devices::routes())
+        .merge(rules::routes())
         .layer(axum::middleware::from_fn_with_state(state, session));
     Router::new()
         .route("/assets/{name}", get(asset))
