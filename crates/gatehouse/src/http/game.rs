@@ -386,13 +386,20 @@ async fn import(State(s): State<AppState>, b: Bytes) -> ApiResult {
     path = "/api/rules/export",
     tag = "rules",
     responses(
-        (status = 200, description = "The rule file, TOML", body = String, content_type = "application/toml"),
+        (status = 200, description = "The rule file, TOML", body = String, content_type = "application/toml",
+            headers(("Content-Disposition" = String, description = "`attachment; filename=\"rules.toml\"`: a browser saves it as a file"))),
     )
 )]
 async fn export(State(s): State<AppState>) -> ApiResult {
     let (text, _) = s.hub.rules_export();
     Ok((
-        [(header::CONTENT_TYPE, "application/toml; charset=utf-8")],
+        [
+            (header::CONTENT_TYPE, "application/toml; charset=utf-8"),
+            (
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=\"rules.toml\"",
+            ),
+        ],
         text,
     )
         .into_response())

@@ -6,6 +6,7 @@ mod api;
 mod browser;
 mod browser_game;
 mod browser_board;
+mod browser_rules;
 mod common;
 mod config;
 mod durability;

@@ -15,6 +15,7 @@ mod board;
 mod devices;
 mod game;
 mod overview;
+mod rules;
 
 use askama::Template;
 use axum::Router;
@@ -81,6 +82,11 @@ const ASSETS: &[Asset] = &[
         content_type: "text/css; charset=utf-8",
         body: include_bytes!("../../../assets/console.css"),
     },
+    Asset {
+        name: "rules.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_bytes!("../../../assets/rules.js"),
+    },
 ];
 
 async fn asset(Path(name): Path<String>) -> Response {
@@ -106,6 +112,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .merge(devices::routes())
         .merge(game::routes())
         .merge(board::routes())
+        .merge(rules::routes())
         .layer(axum::middleware::from_fn_with_state(state, session));
     Router::new()
         .route("/assets/{name}", get(asset))
