@@ -11,6 +11,7 @@
 //! - A fragment a page refreshes (`/devices/list`, `/overview/counts`) is rendered by the same
 //!   template the page includes, from the same query, so the live view and a reload agree.
 
+mod device;
 mod devices;
 mod overview;
 
@@ -70,6 +71,11 @@ const ASSETS: &[Asset] = &[
         body: include_bytes!("../../../assets/console.js"),
     },
     Asset {
+        name: "device.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_bytes!("../../../assets/device.js"),
+    },
+    Asset {
         name: "console.css",
         content_type: "text/css; charset=utf-8",
         body: include_bytes!("../../../assets/console.css"),
@@ -97,6 +103,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
     let pages = Router::new()
         .merge(overview::routes())
         .merge(devices::routes())
+        .merge(device::routes())
         .layer(axum::middleware::from_fn_with_state(state, session));
     Router::new()
         .route("/assets/{name}", get(asset))
