@@ -10,7 +10,7 @@ use utoipa_axum::routes;
 
 use super::acon::unexpected;
 use super::{ApiError, ApiResult, AppState, ErrorBody, body, ok, page_json};
-use crate::clock::now_ms;
+use crate::clock::{now_ms, rfc3339};
 use crate::core::skaben::{Delivery, DeviceType, Push, Reported};
 use crate::core::{
     Command, ConfigEdit, Outcome, PropSnapshot, SkabenRegister, TypeSnapshot, TypeUpdate,
@@ -118,6 +118,7 @@ fn prop_json(v: &PropSnapshot) -> Value {
                 "hash": v.desired.hash,
                 "source": v.desired.source,
                 "author": v.desired.author,
+                "updated_at": rfc3339(v.desired.updated_at),
             },
             "reported": reported_json(&v.reported),
             "delivery": delivery_json(&v.delivery),
@@ -290,7 +291,84 @@ async fn set_config(
         if_match: if_match(&headers)?,
     };
     let (ty, id) = (ty.to_ascii_lowercase(), id.to_ascii_lowercase());
-    prop_command(&s, Command::SetConfig { ty, id, edit }).await
+    match prop_command(
+        &s,
+        Command::SetConfig {
+            ty: ty.clone(),
+            id: id.clone(),
+            edit,
+        },
+    )
+    .await
+    {
+        Err(e) if e.status == StatusCode::CONFLICT => Err(conflict(&s, &ty, &id, e).await),
+        r => r,
+    }
+}
+
+// The schema of a refused `If-Match`'s answer; never built (`conflict` writes it).
+/// A stale `If-Match` (409): the error, and who made the config's current version and when.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub(super) struct ConfigConflict {
+    /// What is wrong, in words (with who changed the config and when).
+    error: String,
+    /// `If-Match`.
+    field: Option<String>,
+    /// The current config version (what `If-Match` should have been).
+    version: i64,
+    /// Who made that version: an account, `token:<name>`, `admin`, `device` (a SUP),
+    /// `rule:<name>`; `null` when the log no longer says.
+    #[schema(nullable)]
+    changed_by: Option<String>,
+    /// When that version was made (RFC 3339).
+    changed_at: String,
+}
+
+/// A stale `If-Match` answered with who made the config's current version and when (the
+/// console shows it and offers to reload or overwrite). The prop's own config carries its
+/// author; a config inherited from the type is traced to the `type_changed` event that made
+/// that version (among the type's newest 50).
+async fn conflict(s: &AppState, ty: &str, id: &str, e: ApiError) -> ApiError {
+    let Some(v) = s.hub.skaben_device(ty, id) else {
+        return e;
+    };
+    let d = &v.desired;
+    let (mut by, mut at) = (d.author.clone(), d.updated_at);
+    if by.is_none() {
+        let filter = crate::store::EventFilter {
+            device: Some(format!("{ty}/all")),
+            kind: Some("type_changed".into()),
+            limit: 50,
+        };
+        let rows = s.hub.store().events(filter).await.unwrap_or_default();
+        let made = rows.iter().find(|r| {
+            serde_json::from_str::<Value>(&r.record.data).is_ok_and(|data| {
+                data["config_changed"] == json!(true)
+                    && data["type"]["config_version"] == json!(d.version)
+            })
+        });
+        if let Some(r) = made {
+            by = Some(r.record.actor.clone());
+            at = r.record.at;
+        }
+    }
+    let when = rfc3339(at);
+    let mut extra = serde_json::Map::new();
+    extra.insert("version".into(), json!(d.version));
+    extra.insert("changed_by".into(), json!(by));
+    extra.insert("changed_at".into(), json!(when));
+    ApiError {
+        status: StatusCode::CONFLICT,
+        message: format!(
+            "{}; version {} was made by {} at {when}",
+            e.message,
+            d.version,
+            by.as_deref().unwrap_or("an unknown actor"),
+        ),
+        field: Some("If-Match".into()),
+        extra: Some(extra),
+    }
 }
 
 /// Replace a prop's config.
@@ -310,7 +388,7 @@ async fn set_config(
         (status = 200, description = "The prop's page; its ETag is the config version", body = Object),
         (status = 400, description = "A field is wrong (`field` names it)", body = ErrorBody),
         (status = 404, description = "No such device", body = ErrorBody),
-        (status = 409, description = "`If-Match` is not the current config version", body = ErrorBody),
+        (status = 409, description = "`If-Match` is not the current config version: the current one, who made it and when", body = ConfigConflict),
     )
 )]
 async fn put_config(
@@ -339,7 +417,7 @@ async fn put_config(
         (status = 200, description = "The prop's page; its ETag is the config version", body = Object),
         (status = 400, description = "A field is wrong (`field` names it)", body = ErrorBody),
         (status = 404, description = "No such device", body = ErrorBody),
-        (status = 409, description = "`If-Match` is not the current config version", body = ErrorBody),
+        (status = 409, description = "`If-Match` is not the current config version: the current one, who made it and when", body = ConfigConflict),
     )
 )]
 async fn patch_config(

@@ -7,6 +7,7 @@ mod browser;
 mod browser_game;
 mod browser_board;
 mod browser_rules;
+mod browser_device;
 mod common;
 mod config;
 mod durability;

@@ -426,7 +426,11 @@ pub struct DesiredSnapshot {
     pub hash: String,
     /// `type` (the type's config) or `device` (its own).
     pub source: &'static str,
+    /// Who made this version of the device's own config: the actor (`device` for a SUP);
+    /// `None` for the type's config.
     pub author: Option<String>,
+    /// When this version was made (Unix ms): the own config's time, or the type's last change.
+    pub updated_at: i64,
 }
 
 /// A type with the number of its devices.
@@ -522,6 +526,7 @@ fn snapshot(dev: &Device, ty: &DeviceType) -> Option<PropSnapshot> {
             hash: eff.hash.to_string(),
             source: if eff.from_type { "type" } else { "device" },
             author: prop.own.as_ref().map(|o| o.author.clone()),
+            updated_at: prop.own.as_ref().map_or(ty.updated_at, |o| o.updated_at),
         },
         reported: prop.reported.clone(),
         delivery: prop.delivery.clone(),

@@ -12,6 +12,7 @@
 //!   template the page includes, from the same query, so the live view and a reload agree.
 
 mod board;
+mod device;
 mod devices;
 mod game;
 mod overview;
@@ -78,6 +79,11 @@ const ASSETS: &[Asset] = &[
         body: include_bytes!("../../../assets/board.js"),
     },
     Asset {
+        name: "device.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_bytes!("../../../assets/device.js"),
+    },
+    Asset {
         name: "console.css",
         content_type: "text/css; charset=utf-8",
         body: include_bytes!("../../../assets/console.css"),
@@ -113,6 +119,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .merge(game::routes())
         .merge(board::routes())
         .merge(rules::routes())
+        .merge(device::routes())
         .layer(axum::middleware::from_fn_with_state(state, session));
     Router::new()
         .route("/assets/{name}", get(asset))
