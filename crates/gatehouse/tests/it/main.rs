@@ -4,6 +4,7 @@ mod accounts;
 mod acon_guards;
 mod api;
 mod browser;
+mod browser_admin;
 mod common;
 mod config;
 mod durability;

@@ -11,7 +11,10 @@
 //! - A fragment a page refreshes (`/devices/list`, `/overview/counts`) is rendered by the same
 //!   template the page includes, from the same query, so the live view and a reload agree.
 
+mod admin;
+mod apidoc;
 mod devices;
+mod events;
 mod overview;
 
 use askama::Template;
@@ -70,6 +73,11 @@ const ASSETS: &[Asset] = &[
         body: include_bytes!("../../../assets/console.js"),
     },
     Asset {
+        name: "events.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_bytes!("../../../assets/events.js"),
+    },
+    Asset {
         name: "console.css",
         content_type: "text/css; charset=utf-8",
         body: include_bytes!("../../../assets/console.css"),
@@ -97,6 +105,9 @@ pub fn routes(state: AppState) -> Router<AppState> {
     let pages = Router::new()
         .merge(overview::routes())
         .merge(devices::routes())
+        .merge(events::routes())
+        .merge(admin::routes())
+        .merge(apidoc::routes())
         .layer(axum::middleware::from_fn_with_state(state, session));
     Router::new()
         .route("/assets/{name}", get(asset))
