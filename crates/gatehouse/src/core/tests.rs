@@ -396,6 +396,12 @@ impl Store for Gated {
     fn events(&self, filter: EventFilter) -> crate::store::StoreFuture<'_, Vec<StoredEvent>> {
         self.inner.events(filter)
     }
+    fn search_events(
+        &self,
+        search: crate::store::EventSearch,
+    ) -> crate::store::StoreFuture<'_, Vec<StoredEvent>> {
+        self.inner.search_events(search)
+    }
     fn events_after(
         &self,
         filter: EventFilter,

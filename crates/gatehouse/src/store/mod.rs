@@ -160,6 +160,31 @@ pub struct EventFilter {
     pub limit: u32,
 }
 
+/// Which events to search for ([`Store::search_events`]): every field that is set narrows
+/// the search; the answer is newest first (by `seq`), at most `limit`. What the console's
+/// event log, its export and the audit read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventSearch {
+    /// Only this device's (`acon/1`, `lock/1`).
+    pub device: Option<String>,
+    /// Only events of one of these kinds (empty: of any kind).
+    pub kinds: Vec<String>,
+    /// Only this actor's (`device`, `server`, an account, `token:<name>`).
+    pub actor: Option<String>,
+    /// Only what an operator did: an actor that is not `device`, `server` or a rule's
+    /// (`rule:<name>`), i.e. an account or a token.
+    pub operators_only: bool,
+    /// Only events with `from <= at` (ms).
+    pub from: Option<i64>,
+    /// Only events with `at < to` (ms).
+    pub to: Option<i64>,
+    /// Only events with `seq < before`: the next page back.
+    pub before: Option<i64>,
+    /// Only events with `seq > after`: what came since.
+    pub after: Option<i64>,
+    pub limit: u32,
+}
+
 /// What a stream catching up reads ([`Store::events_after`]): the events after a seq that
 /// match a filter, and the bounds of the log, all from one snapshot of the store.
 #[derive(Debug, Clone, Default)]
@@ -288,6 +313,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Events matching the filter, newest first.
     fn events(&self, filter: EventFilter) -> StoreFuture<'_, Vec<StoredEvent>>;
+
+    /// Events matching the search, newest first, at most `search.limit`.
+    fn search_events(&self, search: EventSearch) -> StoreFuture<'_, Vec<StoredEvent>>;
 
     /// Events matching the filter's device and kind with `after < seq <= newest`, oldest
     /// first, at most `filter.limit`, with the oldest and newest seq of the whole log, read

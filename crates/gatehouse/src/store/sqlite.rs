@@ -29,9 +29,9 @@ use tokio::sync::oneshot;
 use super::health::{FileWatch, Shared};
 use super::retention::{self, Pass, Retention};
 use super::{
-    Commit, CredentialRecord, DeviceRecord, EventFilter, EventRecord, EventsAfter, LoadedDevice,
-    MessageRecord, Seqs, Store, StoreError, StoreFuture, StoreHealth, StoreResult, StoredEvent,
-    StoredMessage, TypeRecord, Write,
+    Commit, CredentialRecord, DeviceRecord, EventFilter, EventRecord, EventSearch, EventsAfter,
+    LoadedDevice, MessageRecord, Seqs, Store, StoreError, StoreFuture, StoreHealth, StoreResult,
+    StoredEvent, StoredMessage, TypeRecord, Write,
 };
 
 /// Most units in one transaction; more wait for the next one.
@@ -355,6 +355,48 @@ fn event_row(r: &rusqlite::Row) -> rusqlite::Result<StoredEvent> {
             data: r.get(5)?,
         },
     })
+}
+
+/// The statement and its arguments for a search: only the conditions that are set, so that
+/// SQLite can pick the (device, seq), (kind, seq) or (at) index, and the text depends only on
+/// which are set (a handful of cached statements).
+fn search_sql(s: &EventSearch) -> (String, Vec<rusqlite::types::Value>) {
+    use rusqlite::types::Value as V;
+    let mut sql = String::from("SELECT seq, at, device, kind, actor, data FROM events WHERE 1");
+    let mut args: Vec<V> = Vec::new();
+    if let Some(d) = &s.device {
+        sql.push_str(" AND device = ?");
+        args.push(V::Text(d.clone()));
+    }
+    if !s.kinds.is_empty() {
+        sql.push_str(" AND kind IN (");
+        for (i, k) in s.kinds.iter().enumerate() {
+            sql.push_str(if i == 0 { "?" } else { ", ?" });
+            args.push(V::Text(k.clone()));
+        }
+        sql.push(')');
+    }
+    if let Some(a) = &s.actor {
+        sql.push_str(" AND actor = ?");
+        args.push(V::Text(a.clone()));
+    }
+    if s.operators_only {
+        sql.push_str(" AND actor NOT IN ('device', 'server') AND substr(actor, 1, 5) <> 'rule:'");
+    }
+    for (cond, v) in [
+        (" AND at >= ?", s.from),
+        (" AND at < ?", s.to),
+        (" AND seq < ?", s.before),
+        (" AND seq > ?", s.after),
+    ] {
+        if let Some(v) = v {
+            sql.push_str(cond);
+            args.push(V::Integer(v));
+        }
+    }
+    sql.push_str(" ORDER BY seq DESC LIMIT ?");
+    args.push(V::Integer(i64::from(s.limit)));
+    (sql, args)
 }
 
 fn read_game(conn: &Connection) -> StoreResult<Vec<(String, String)>> {
@@ -1275,6 +1317,17 @@ impl Store for SqliteStore {
         }))
     }
 
+    fn search_events(&self, search: EventSearch) -> StoreFuture<'_, Vec<StoredEvent>> {
+        Box::pin(self.read(move |conn| {
+            let (sql, args) = search_sql(&search);
+            let mut stmt = conn.prepare_cached(&sql).map_err(db_err)?;
+            let rows = stmt
+                .query_map(rusqlite::params_from_iter(args), event_row)
+                .map_err(db_err)?;
+            rows.collect::<Result<_, _>>().map_err(db_err)
+        }))
+    }
+
     fn events_after(&self, filter: EventFilter, after: i64) -> StoreFuture<'_, EventsAfter> {
         Box::pin(self.read(move |conn| {
             // One read transaction: the bounds and the rows from the same snapshot.
@@ -1434,6 +1487,69 @@ mod tests {
         }
         assert_eq!(results, [Some(vec![4]), Some(vec![]), None, Some(vec![5])]);
         store.close().await.unwrap();
+    }
+
+    /// A search narrows by every condition set: device, kinds, actor, operators only, time
+    /// range, and pages back by seq; newest first.
+    #[tokio::test]
+    async fn search_events_narrows_by_each_condition() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("g.db")).unwrap();
+        let rows = [
+            (10, "acon/1", "a", "server"),
+            (20, "acon/2", "b", "alice"),
+            (30, "acon/1", "b", "device"),
+            (40, "acon/1", "c", "token:ci"),
+            (50, "acon/2", "a", "rule:x"),
+        ];
+        for (at, device, kind, actor) in rows {
+            store
+                .submit(vec![Write::Event(EventRecord {
+                    at,
+                    device: Some(device.into()),
+                    kind: kind.into(),
+                    actor: actor.into(),
+                    data: "{}".into(),
+                })])
+                .wait()
+                .await
+                .unwrap();
+        }
+        let ats = |v: Vec<StoredEvent>| v.into_iter().map(|e| e.record.at).collect::<Vec<_>>();
+        let all = EventSearch {
+            limit: 100,
+            ..EventSearch::default()
+        };
+        assert_eq!(
+            ats(store.search_events(all.clone()).await.unwrap()),
+            [50, 40, 30, 20, 10]
+        );
+        let q = |f: fn(&mut EventSearch)| {
+            let mut s = all.clone();
+            f(&mut s);
+            s
+        };
+        let cases: [(EventSearch, &[i64]); 8] = [
+            (q(|s| s.device = Some("acon/1".into())), &[40, 30, 10]),
+            (q(|s| s.kinds = vec!["a".into(), "c".into()]), &[50, 40, 10]),
+            (q(|s| s.actor = Some("alice".into())), &[20]),
+            (q(|s| s.operators_only = true), &[40, 20]),
+            (q(|s| (s.from, s.to) = (Some(20), Some(40))), &[30, 20]),
+            (q(|s| s.before = Some(3)), &[20, 10]),
+            (q(|s| s.after = Some(3)), &[50, 40]),
+            (
+                q(|s| {
+                    s.device = Some("acon/1".into());
+                    s.kinds = vec!["b".into(), "c".into()];
+                    s.limit = 1;
+                }),
+                &[40],
+            ),
+        ];
+        for (search, want) in cases {
+            let got = ats(store.search_events(search.clone()).await.unwrap());
+            assert_eq!(got, want, "{search:?}");
+        }
     }
 
     /// `events_after`: the matching events after a seq, oldest first, up to the limit, with

@@ -11,9 +11,12 @@
 //! - A fragment a page refreshes (`/devices/list`, `/overview/counts`) is rendered by the same
 //!   template the page includes, from the same query, so the live view and a reload agree.
 
+mod admin;
+mod apidoc;
 mod board;
 mod device;
 mod devices;
+mod events;
 mod game;
 mod overview;
 mod rules;
@@ -84,6 +87,11 @@ const ASSETS: &[Asset] = &[
         body: include_bytes!("../../../assets/device.js"),
     },
     Asset {
+        name: "events.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_bytes!("../../../assets/events.js"),
+    },
+    Asset {
         name: "console.css",
         content_type: "text/css; charset=utf-8",
         body: include_bytes!("../../../assets/console.css"),
@@ -120,6 +128,9 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .merge(board::routes())
         .merge(rules::routes())
         .merge(device::routes())
+        .merge(events::routes())
+        .merge(admin::routes())
+        .merge(apidoc::routes())
         .layer(axum::middleware::from_fn_with_state(state, session));
     Router::new()
         .route("/assets/{name}", get(asset))
