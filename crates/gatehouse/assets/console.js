@@ -195,9 +195,14 @@
       if (kinds.indexOf("*") >= 0 || kinds.indexOf(d.kind) >= 0) { poke(el, "gh:event"); }
     });
   }
+  var streamOpened = false;
   document.addEventListener("htmx:sseOpen", function (ev) {
     var source = ev.detail && ev.detail.source;
     if (!source) { return; }
+    // Open again after a break (the server restarted, the network dropped): what happened
+    // meanwhile was not streamed, so every live part loads itself again.
+    if (streamOpened) { document.body.dispatchEvent(new CustomEvent("gh:changed")); }
+    streamOpened = true;
     source.addEventListener("device", onDevice);
     source.addEventListener("event", onEvent);
     // A resync: what the page shows may have missed events; load it again.
