@@ -1,5 +1,7 @@
 //! The device list: both families in one table, filtered in the URL, paged by key, live.
 
+use std::collections::HashSet;
+
 use askama::Template;
 use axum::Router;
 use axum::extract::{Query, State};
@@ -12,6 +14,7 @@ use super::{Nav, html, nav, urlencode};
 use crate::clock::now_ms;
 use crate::core::DeviceSummary;
 use crate::http::AppState;
+use crate::store::EventSearch;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -25,8 +28,9 @@ pub fn routes() -> Router<AppState> {
 pub struct DeviceFilter {
     #[serde(default)]
     pub kind: String,
-    /// ``, `wrong` (offline, blocked, or a config not in sync), `offline`, `online`,
-    /// `out_of_sync`, `push_failed`, `blocked`.
+    /// ``, `wrong` (offline, blocked, a config not in sync, or an alarm), `offline`,
+    /// `online`, `out_of_sync`, `push_failed`, `blocked`, `alarm` (an alarm in the last hour:
+    /// [`DEVICE_ALARMS`]).
     #[serde(default)]
     pub state: String,
     #[serde(default)]
@@ -46,19 +50,68 @@ const STATES: &[(&str, &str)] = &[
     ("out_of_sync", "config not in sync"),
     ("push_failed", "push failed"),
     ("blocked", "blocked"),
+    ("alarm", "alarm in the last hour"),
 ];
+
+/// The event kinds that put a device in the "alarm" state for [`ALARM_WINDOW_MS`]: a fault
+/// the device reported (an ACon short circuit, a wrong code typed, a lock disconnected from
+/// its cell) or a packet or push of its that went wrong.
+pub const DEVICE_ALARMS: &[&str] = &[
+    "short_circuit",
+    "wrong_code",
+    "lock_disconnected",
+    "push_failed",
+    "sup_rejected",
+    "malformed",
+    "rate_limited",
+    "payload_too_large",
+    "id_conflict",
+];
+
+/// How long an alarm keeps its device in the "alarm" state.
+pub const ALARM_WINDOW_MS: i64 = 3_600_000;
+
+/// Alarm events read at most to find the devices in alarm (newest first).
+const ALARMS_READ: u32 = 2000;
+
+/// The devices with an alarm in the last hour (empty when the filter does not ask, or the
+/// event log cannot be read: logged).
+async fn alarmed(s: &AppState, f: &DeviceFilter, now: i64) -> HashSet<String> {
+    if f.state != "alarm" && f.state != "wrong" {
+        return HashSet::new();
+    }
+    let search = EventSearch {
+        kinds: DEVICE_ALARMS.iter().map(|k| k.to_string()).collect(),
+        from: Some(now - ALARM_WINDOW_MS),
+        limit: ALARMS_READ,
+        ..EventSearch::default()
+    };
+    match s.hub.store().search_events(search).await {
+        Ok(found) => found.into_iter().filter_map(|e| e.record.device).collect(),
+        Err(e) => {
+            tracing::error!(error = %e, "the device list could not read the alarms");
+            HashSet::new()
+        }
+    }
+}
 
 /// Rows a page shows at most (and by default).
 pub const PAGE_MAX: usize = 500;
 pub const PAGE_DEFAULT: usize = 100;
 
 impl DeviceFilter {
-    fn matches(&self, d: &DeviceSummary) -> bool {
+    fn matches(&self, d: &DeviceSummary, alarmed: &HashSet<String>) -> bool {
         let v = &d.device;
         let not_synced = matches!(d.sync, Some("pending" | "failed" | "out_of_sync"));
         let state = match self.state.as_str() {
             "" => true,
-            "wrong" => !v.online || d.blocked || not_synced,
+            "wrong" => {
+                !v.online
+                    || d.blocked
+                    || not_synced
+                    || alarmed.contains(&format!("{}/{}", v.kind, v.id))
+            }
+            "alarm" => alarmed.contains(&format!("{}/{}", v.kind, v.id)),
             "offline" => !v.online,
             "online" => v.online,
             "out_of_sync" => not_synced,
@@ -111,13 +164,18 @@ fn ago(ms: i64, now: i64) -> String {
 }
 
 /// One page of the filtered list, by key: the rows, the next page's query, how many match.
-fn page(all: Vec<DeviceSummary>, f: &DeviceFilter, now: i64) -> (Vec<Row>, Option<String>, usize) {
+fn page(
+    all: Vec<DeviceSummary>,
+    f: &DeviceFilter,
+    alarmed: &HashSet<String>,
+    now: i64,
+) -> (Vec<Row>, Option<String>, usize) {
     let limit = f.limit.unwrap_or(PAGE_DEFAULT).clamp(1, PAGE_MAX);
     let after = f
         .after
         .split_once('/')
         .map(|(k, i)| (k.to_string(), i.to_string()));
-    let matching: Vec<DeviceSummary> = all.into_iter().filter(|d| f.matches(d)).collect();
+    let matching: Vec<DeviceSummary> = all.into_iter().filter(|d| f.matches(d, alarmed)).collect();
     let total = matching.len();
     let mut rows = Vec::new();
     let mut more = false;
@@ -201,7 +259,9 @@ async fn devices(
     kinds.dedup();
     kinds.sort();
     kinds.dedup();
-    let (rows, next, matching) = page(all, &f, now_ms());
+    let now = now_ms();
+    let alarmed = alarmed(&s, &f, now).await;
+    let (rows, next, matching) = page(all, &f, &alarmed, now);
     let mut query = f.query();
     if !f.after.is_empty() {
         let after = format!("after={}", urlencode(&f.after));
@@ -247,7 +307,9 @@ async fn device_list(
         Ok(Query(f)) => f,
         Err(e) => return bad_filter(e),
     };
-    let (rows, next, matching) = page(s.hub.list(None), &f, now_ms());
+    let now = now_ms();
+    let alarmed = alarmed(&s, &f, now).await;
+    let (rows, next, matching) = page(s.hub.list(None), &f, &alarmed, now);
     html(
         DeviceList {
             shown: rows.len(),
