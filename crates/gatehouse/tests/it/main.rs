@@ -4,6 +4,7 @@ mod accounts;
 mod acon_guards;
 mod api;
 mod browser;
+mod browser_access;
 mod browser_admin;
 mod browser_board;
 mod browser_device;
