@@ -607,10 +607,8 @@ async fn stream_phase(
     }
     tokio::time::sleep_until(measure_from).await;
     let cpu0 = args.server_pid.map(cpu_ticks).transpose()?;
-    let published0 = published.load(Ordering::Relaxed);
     tokio::time::sleep_until(measure_to).await;
     let cpu1 = args.server_pid.map(cpu_ticks).transpose()?;
-    let published1 = published.load(Ordering::Relaxed);
     while let Some(r) = devices.join_next().await {
         r.context("a publishing device failed")??;
     }
@@ -628,7 +626,8 @@ async fn stream_phase(
     };
     Ok(StreamPhase {
         clients,
-        published: published1 - published0,
+        // Only publishes sent in the window were counted: read once every device is done.
+        published: published.load(Ordering::Relaxed),
         received: received.load(Ordering::Relaxed),
         delay: (clients > 0).then(|| Spread::of(&delays)).transpose()?,
         resyncs: resyncs.load(Ordering::Relaxed),
