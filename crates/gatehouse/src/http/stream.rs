@@ -105,19 +105,27 @@ impl Drop for Slot {
     }
 }
 
-/// What a stream shows: events of one device and/or one kind, or all.
+/// What a stream shows, as `/api/events` filters: one device, some kinds, one actor (each
+/// absent or blank: any).
 #[derive(Debug, Default, Clone)]
 struct Filter {
     device: Option<String>,
-    kind: Option<String>,
+    /// Empty: every kind.
+    kinds: Vec<String>,
+    actor: Option<String>,
 }
 
 impl Filter {
     fn matches(&self, e: &CommittedEvent) -> bool {
+        self.matches_record(e.stored())
+    }
+
+    fn matches_record(&self, r: &EventRecord) -> bool {
         self.device
             .as_ref()
-            .is_none_or(|d| e.device.as_deref() == Some(d.as_str()))
-            && self.kind.as_ref().is_none_or(|k| e.stored().kind == *k)
+            .is_none_or(|d| r.device.as_deref() == Some(d.as_str()))
+            && (self.kinds.is_empty() || self.kinds.contains(&r.kind))
+            && self.actor.as_ref().is_none_or(|a| r.actor == *a)
     }
 }
 
@@ -127,11 +135,12 @@ fn parse(
     headers: &HeaderMap,
 ) -> Result<(Filter, Option<i64>), ApiError> {
     let mut filter = Filter::default();
-    let mut after = None;
+    let (mut device, mut kind, mut actor, mut after) = (None, None, None, None);
     for (name, value) in pairs {
         let slot = match name.as_str() {
-            "device" => &mut filter.device,
-            "kind" => &mut filter.kind,
+            "device" => &mut device,
+            "kind" => &mut kind,
+            "actor" => &mut actor,
             "after" => &mut after,
             "limit" => {
                 return Err(ApiError::field(
@@ -143,7 +152,7 @@ fn parse(
                 return Err(ApiError {
                     status: StatusCode::BAD_REQUEST,
                     message: format!(
-                        "unknown parameter {other:?}: the stream takes device, kind and after"
+                        "unknown parameter {other:?}: the stream takes device, kind, actor and after"
                     ),
                     field: Some(other.to_string()),
                     extra: None,
@@ -159,6 +168,15 @@ fn parse(
             });
         }
     }
+    let given = |v: Option<String>| v.map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+    filter.device = given(device);
+    filter.actor = given(actor);
+    filter.kinds = kind
+        .iter()
+        .flat_map(|k| k.split(','))
+        .map(|k| k.trim().to_string())
+        .filter(|k| !k.is_empty())
+        .collect();
     let seq = |field: &'static str, v: &str| {
         v.trim()
             .parse::<i64>()
@@ -192,7 +210,8 @@ fn parse(
     tag = "history",
     params(
         ("device" = Option<String>, Query, description = "Only this device's events (`acon/1953`, `lock/all`)"),
-        ("kind" = Option<String>, Query, description = "Only events of this kind"),
+        ("kind" = Option<String>, Query, description = "Only events of these kinds, comma-separated (`online,offline`)"),
+        ("actor" = Option<String>, Query, description = "Only events of this actor (`device`, `server`, an account, `token:<name>`, `rule:<name>`)"),
         ("after" = Option<i64>, Query, description = "Resume after this event id (a seq); the `Last-Event-ID` header wins"),
         ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this event id: the events missed, then live ones"),
     ),
@@ -329,7 +348,12 @@ impl Feed {
             .events_after(
                 EventFilter {
                     device: self.filter.device.clone(),
-                    kind: self.filter.kind.clone(),
+                    // One kind is read by the store's index; several, and the actor, are
+                    // matched here (the backlog's cap then counts the rows read).
+                    kind: match self.filter.kinds.as_slice() {
+                        [one] => Some(one.clone()),
+                        _ => None,
+                    },
                     limit: BACKLOG_MAX + 1,
                 },
                 after,
@@ -370,8 +394,19 @@ impl Feed {
             // Nothing missed: the stream is at the newest event already.
             None if read.events.is_empty() => self.sent_upto = self.skip_upto,
             None => {
-                self.sent_upto = after;
-                self.backlog = read.events.into();
+                let filter = &self.filter;
+                let backlog: VecDeque<StoredEvent> = read
+                    .events
+                    .into_iter()
+                    .filter(|e| filter.matches_record(&e.record))
+                    .collect();
+                // Nothing of what was missed matches: the stream is at the newest already.
+                self.sent_upto = if backlog.is_empty() {
+                    self.skip_upto
+                } else {
+                    after
+                };
+                self.backlog = backlog;
             }
         }
         Ok(())

@@ -679,3 +679,34 @@ async fn a_props_device_message_is_its_row_of_the_list_with_its_sync_state() {
     assert!(listed["sync"].is_string(), "{listed}");
     assert_eq!(device.data, listed);
 }
+
+/// The stream filters as `/api/events` does: several kinds at once, and an actor; live
+/// and in a resumed backlog alike.
+#[tokio::test]
+async fn several_kinds_and_an_actor_filter_live_and_resumed() {
+    let s = server(|_| {}).await;
+    let mut kinds2 = open(&s, "?kind=registered,blocked", None).await;
+    let mut admin = open(&s, "?actor=admin", None).await;
+    first_message(&s, "1").await;
+    let (st, v) = s
+        .send(Method::POST, "/api/devices/acon/1/block", None)
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(
+        kinds(&kinds2.events(2).await),
+        [pair("acon/1", "registered"), pair("acon/1", "blocked")]
+    );
+    let by_admin = admin.events(1).await;
+    assert_eq!(kinds(&by_admin), [pair("acon/1", "blocked")]);
+    assert_eq!(by_admin[0].data["actor"], "admin");
+
+    // Resumed from before everything: the backlog is filtered the same way.
+    let mut resumed = open(&s, "?kind=online,blocked&after=0", None).await;
+    assert_eq!(
+        kinds(&resumed.events(2).await),
+        [pair("acon/1", "online"), pair("acon/1", "blocked")]
+    );
+    let (st, v) = s.get("/api/events/stream?who=me").await;
+    assert_eq!(st, 400);
+    assert!(v["error"].as_str().unwrap_or("").contains("actor"), "{v}");
+}
