@@ -38,7 +38,7 @@ use axum::routing::get;
 
 use ::acon::{Answer, Message, StateCode};
 
-use super::{Nav, html, nav};
+use super::{Nav, ago, html, nav};
 use crate::clock::{now_ms, rfc3339};
 use crate::core::acon::board_key;
 use crate::core::{BoardSnapshot, CellSnapshot};
@@ -238,16 +238,6 @@ fn minute_text(ms: i64) -> String {
     match (t.get(..10), t.get(11..16)) {
         (Some(day), Some(hm)) => format!("{day} {hm} UTC"),
         _ => t,
-    }
-}
-
-fn ago(ms: i64, now: i64) -> String {
-    let s = (now - ms).max(0) / 1000;
-    match s {
-        0..60 => format!("{s} s ago"),
-        60..3600 => format!("{} min ago", s / 60),
-        3600..86_400 => format!("{} h ago", s / 3600),
-        _ => format!("{} d ago", s / 86_400),
     }
 }
 

@@ -21,7 +21,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::Value;
 
-use super::{Nav, html, nav};
+use super::{Nav, ago, html, nav};
 use crate::clock::{now_ms, rfc3339};
 use crate::core::PropSnapshot;
 use crate::core::skaben::{PushState, TypeKind};
@@ -64,16 +64,6 @@ fn when(ms: i64, now: i64) -> When {
         )
     };
     When { text, rfc }
-}
-
-fn ago(ms: i64, now: i64) -> String {
-    let s = (now - ms).max(0) / 1000;
-    match s {
-        0..60 => format!("{s} s ago"),
-        60..3600 => format!("{} min ago", s / 60),
-        3600..86_400 => format!("{} h ago", s / 3600),
-        _ => format!("{} d ago", s / 86_400),
-    }
 }
 
 /// `s` whole if it has at most [`CELL_CHARS`] characters, else its start and `…`.

@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
 
-use super::{Nav, html, nav, urlencode};
+use super::{Nav, ago, html, nav, urlencode};
 use crate::clock::now_ms;
 use crate::core::DeviceSummary;
 use crate::http::AppState;
@@ -151,16 +151,6 @@ struct Row {
     last_seen: String,
     sync: Option<&'static str>,
     sync_class: &'static str,
-}
-
-fn ago(ms: i64, now: i64) -> String {
-    let s = (now - ms).max(0) / 1000;
-    match s {
-        0..60 => format!("{s} s ago"),
-        60..3600 => format!("{} min ago", s / 60),
-        3600..86_400 => format!("{} h ago", s / 3600),
-        _ => format!("{} d ago", s / 86_400),
-    }
 }
 
 /// One page of the filtered list, by key: the rows, the next page's query, how many match.

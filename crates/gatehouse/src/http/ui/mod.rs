@@ -200,6 +200,18 @@ pub(super) fn nav(active: &'static str) -> Option<Nav> {
     })
 }
 
+/// How long ago `ms` was, at `now`, in the largest whole unit: `12 s ago`, `3 min ago`,
+/// `2 h ago`, `4 d ago` (a time in the future reads `0 s ago`).
+pub(super) fn ago(ms: i64, now: i64) -> String {
+    let s = (now - ms).max(0) / 1000;
+    match s {
+        0..60 => format!("{s} s ago"),
+        60..3600 => format!("{} min ago", s / 60),
+        3600..86_400 => format!("{} h ago", s / 3600),
+        _ => format!("{} d ago", s / 86_400),
+    }
+}
+
 pub(super) fn html(t: impl Template, status: StatusCode) -> Response {
     match t.render() {
         Ok(body) => (

@@ -16,7 +16,7 @@ use axum::routing::get;
 use serde_json::Value;
 
 use super::game::{Panel, operates, panel};
-use super::{Nav, html, nav};
+use super::{Nav, ago, html, nav};
 use crate::clock::{now_ms, rfc3339};
 use crate::core::DeviceSummary;
 use crate::http::AppState;
@@ -214,17 +214,6 @@ fn generic(d: &Value) -> String {
         .map(|(k, v)| format!("{} {}", k.replace('_', " "), text(v)))
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-/// How long ago, roughly.
-fn ago(ms: i64, now: i64) -> String {
-    let s = (now - ms).max(0) / 1000;
-    match s {
-        0..60 => format!("{s} s ago"),
-        60..3600 => format!("{} min ago", s / 60),
-        3600..86_400 => format!("{} h ago", s / 3600),
-        _ => format!("{} d ago", s / 86_400),
-    }
 }
 
 fn data(e: &StoredEvent) -> Value {

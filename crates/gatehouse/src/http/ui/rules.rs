@@ -26,7 +26,7 @@ use axum::routing::get;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use super::{Nav, html, nav};
+use super::{Nav, ago, html, nav};
 use crate::clock::{now_ms, rfc3339};
 use crate::core::game::RuleStats;
 use crate::core::game::def::{Cond, Rule};
@@ -57,17 +57,6 @@ const RECORDED_READ: u32 = 200;
 struct Part {
     #[serde(default)]
     part: Option<String>,
-}
-
-/// `12 s ago`, `3 min ago`, …: how long before `now` the time `ms` was.
-fn ago(ms: i64, now: i64) -> String {
-    let s = (now - ms).max(0) / 1000;
-    match s {
-        0..60 => format!("{s} s ago"),
-        60..3600 => format!("{} min ago", s / 60),
-        3600..86_400 => format!("{} h ago", s / 3600),
-        _ => format!("{} d ago", s / 86_400),
-    }
 }
 
 fn compact(v: &Value) -> String {
