@@ -487,10 +487,11 @@ async fn presence_goes_offline_and_back_with_events() {
     }
     assert!(offline, "board went offline after the timeout");
     b.exchange(&msg("12", 2, "")).await;
-    let (_, v) = s.get("/api/devices/acon/12").await;
-    assert_eq!(v["online"], true);
+    // The message brought it back (recorded before the answer). Read the events rather than
+    // the state: on a loaded machine the 300 ms can pass again before the next request, and
+    // a second `offline` then follows, rightly.
     let kinds = s.event_kinds("acon/12").await;
-    assert_eq!(kinds, ["registered", "online", "offline", "online"]);
+    assert_eq!(kinds[..4], ["registered", "online", "offline", "online"]);
 }
 
 #[tokio::test]
