@@ -150,6 +150,24 @@ impl Browser {
         }
     }
 
+    /// Clicks the first element matching `css` as a user would (WebDriver's click), finding
+    /// it again when a live swap replaced it between the find and the click.
+    pub(crate) async fn click(&self, css: &str) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            match self.wait_css(css).await.click().await {
+                Ok(()) => return,
+                Err(e)
+                    if e.to_string().contains("stale")
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("clicking {css}: {e}"),
+            }
+        }
+    }
+
     /// Fills the login form and submits it.
     pub(crate) async fn log_in(&self, name: &str, password: &str) {
         self.wait_css("input[name=name]")
@@ -192,6 +210,20 @@ impl Browser {
         std::fs::create_dir_all(dir).unwrap();
         std::fs::write(format!("{dir}/{name}.png"), png).unwrap();
     }
+}
+
+/// A console account with this role; returns its password.
+pub(crate) async fn add_user(s: &Server, name: &str, role: &str) -> String {
+    let password = format!("{name}-password-1");
+    let (st, v) = s
+        .send(
+            reqwest::Method::POST,
+            "/api/users",
+            Some(json!({"name": name, "password": password, "role": role})),
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    password
 }
 
 pub(crate) fn first_password(s: &Server) -> String {

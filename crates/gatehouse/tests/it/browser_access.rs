@@ -9,7 +9,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::browser::{Browser, first_password};
+use crate::browser::{Browser, add_user, first_password};
 use crate::common::{Server, TOKEN, msg, settings};
 
 const PRESET: &str = include_str!("../../../../presets/skaben.toml");
@@ -26,19 +26,6 @@ async fn import_preset(s: &Server) {
         .unwrap();
     let (st, v) = crate::common::decode(r).await;
     assert_eq!(st, 200, "{v}");
-}
-
-async fn add_user(s: &Server, name: &str, role: &str) -> String {
-    let password = format!("{name}-password-1");
-    let (st, v) = s
-        .send(
-            Method::POST,
-            "/api/users",
-            Some(json!({"name": name, "password": password, "role": role})),
-        )
-        .await;
-    assert_eq!(st, 201, "{v}");
-    password
 }
 
 /// Every way a page can send a change: a form that calls the API (console.js sends only

@@ -6,7 +6,7 @@
 use reqwest::Method;
 use serde_json::json;
 
-use crate::browser::{Browser, WAIT, first_password};
+use crate::browser::{Browser, WAIT, add_user, first_password};
 use crate::common::Server;
 
 /// A message of board 1953, an 8×8 locker whose last cell has no lock.
@@ -47,26 +47,9 @@ async fn wait_cell_class(b: &Browser, cell: u32, class: &str) {
     .await;
 }
 
-async fn add_user(s: &Server, name: &str, role: &str) -> String {
-    let password = format!("{name}-password-1");
-    let (st, v) = s
-        .send(
-            Method::POST,
-            "/api/users",
-            Some(json!({"name": name, "password": password, "role": role})),
-        )
-        .await;
-    assert_eq!(st, 201, "{v}");
-    password
-}
-
 /// Opens the panel of `cell` by tapping it in the grid, and waits for the dialog.
 async fn tap_cell(b: &Browser, cell: u32) {
-    b.wait_css(&format!("#cell-{cell}"))
-        .await
-        .click()
-        .await
-        .unwrap();
+    b.click(&format!("#cell-{cell}")).await;
     wait_true(
         b,
         "const d = document.getElementById('cell-dialog'); const h = document.getElementById('cell-title'); return !!d && d.open && !!h && h.textContent.startsWith('Cell ' + arguments[0] + ' ');",
@@ -112,11 +95,8 @@ async fn tap_a_cell_give_it_a_code_and_the_boards_next_answer_carries_it() {
     let minutes = b.wait_css("#cell-dialog input[name=minutes]").await;
     minutes.clear().await.unwrap();
     minutes.send_keys("30").await.unwrap();
-    b.wait_css("#cell-dialog form.engage button[type=submit]")
-        .await
-        .click()
-        .await
-        .unwrap();
+    b.click("#cell-dialog form.engage button[type=submit]")
+        .await;
     b.wait_text("#cell-dialog form.engage output", |t| {
         t.starts_with("Engaged")
     })
@@ -161,11 +141,7 @@ async fn tap_a_cell_give_it_a_code_and_the_boards_next_answer_carries_it() {
         "the code is masked",
     )
     .await;
-    b.wait_css("#cell-live details.reveal summary")
-        .await
-        .click()
-        .await
-        .unwrap();
+    b.click("#cell-live details.reveal summary").await;
     wait_true(
         &b,
         "const c = document.querySelector('#cell-live details.reveal .code'); return !!c && c.checkVisibility() && c.textContent === '4711';",
@@ -175,11 +151,7 @@ async fn tap_a_cell_give_it_a_code_and_the_boards_next_answer_carries_it() {
     .await;
 
     // Tapped again, it is masked again.
-    b.wait_css("#cell-live details.reveal summary")
-        .await
-        .click()
-        .await
-        .unwrap();
+    b.click("#cell-live details.reveal summary").await;
 
     // More going on, for the screenshot: a single-use cell, an opening, a time-out.
     for (cell, body) in [
@@ -208,11 +180,7 @@ async fn tap_a_cell_give_it_a_code_and_the_boards_next_answer_carries_it() {
         .await;
     b.screenshot("board-desktop").await;
     // Closing the dialog empties it.
-    b.wait_css("#cell-dialog button.close")
-        .await
-        .click()
-        .await
-        .unwrap();
+    b.click("#cell-dialog button.close").await;
     wait_true(
         &b,
         "const d = document.getElementById('cell-dialog'); return !d.open && document.getElementById('cell-panel').children.length === 0;",
@@ -240,11 +208,7 @@ async fn the_block_goes_out_with_the_next_answer_and_is_reported_by_the_board() 
         .await
         .unwrap();
     b.log_in("admin", &first_password(&s)).await;
-    b.wait_css("form[data-api$=\"/block\"] button")
-        .await
-        .click()
-        .await
-        .unwrap();
+    b.click("form[data-api$=\"/block\"] button").await;
     // The form asks first.
     b.client.accept_alert().await.unwrap();
     b.wait_text("#board-block", |t| t.contains("Not sent yet"))

@@ -5,7 +5,7 @@
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::browser::{Browser, first_password};
+use crate::browser::{Browser, add_user, first_password};
 use crate::common::{Bench, Broker, Prop, Server, TOKEN};
 
 const LOCK: &str = "b827eb0a1b2c";
@@ -15,20 +15,6 @@ fn now_s() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64
-}
-
-/// An account with this role and a known password.
-async fn account(s: &Server, name: &str, role: &str) -> String {
-    let password = format!("{name}-password-1");
-    let (st, v) = s
-        .send(
-            Method::POST,
-            "/api/users",
-            Some(json!({"name": name, "password": password, "role": role})),
-        )
-        .await;
-    assert_eq!(st, 201, "{v}");
-    password
 }
 
 /// What the public reference client does with a CUP: it reads `task_id` and `hash` from
@@ -77,10 +63,6 @@ async fn type_config(b: &Browser, config: &Value) {
     text.send_keys(&config.to_string()).await.unwrap();
 }
 
-async fn click(b: &Browser, css: &str) {
-    b.wait_css(css).await.click().await.unwrap();
-}
-
 /// The acceptance test of the page: an operator opens a lock's page (from the device list),
 /// changes a key in the JSON editor and saves; the simulated lock receives the CUP and ACKs
 /// it as the reference client does; the page shows the key differing, then in sync, without
@@ -89,7 +71,7 @@ async fn click(b: &Browser, css: &str) {
 async fn edit_a_lock_config_and_see_the_lock_confirm_it() {
     let b = Bench::start(Broker::Embedded).await;
     let s = &b.server;
-    let password = account(s, "olga", "operator").await;
+    let password = add_user(s, "olga", "operator").await;
     let mut lock = lock_in_sync(&b).await;
     let cup_topic = format!("lock/{LOCK}/cup");
 
@@ -97,7 +79,7 @@ async fn edit_a_lock_config_and_see_the_lock_confirm_it() {
     w.client.goto(&s.url("/login?next=/devices")).await.unwrap();
     w.log_in("olga", &password).await;
     // The device list links to the page.
-    click(&w, &format!("tr[data-key=\"lock/{LOCK}\"] a")).await;
+    w.click(&format!("tr[data-key=\"lock/{LOCK}\"] a")).await;
     w.wait_css("#config-form").await;
     assert_eq!(
         w.client.current_url().await.unwrap().path(),
@@ -115,7 +97,7 @@ async fn edit_a_lock_config_and_see_the_lock_confirm_it() {
 
     // Change one key and save.
     type_config(&w, &json!({"closed": false, "sound": false})).await;
-    click(&w, "#config-form button[type=submit]").await;
+    w.click("#config-form button[type=submit]").await;
     w.wait_text("#config-form output", |t| t.starts_with("Saved"))
         .await;
 
@@ -213,7 +195,7 @@ async fn a_stale_save_shows_who_changed_the_config_and_overwrite_wins() {
     // Someone else saves after the page loaded; this save is stale.
     theirs(json!({"closed": false, "timer": 30})).await;
     type_config(&w, &json!({"closed": true, "sound": true})).await;
-    click(&w, "#config-form button[type=submit]").await;
+    w.click("#config-form button[type=submit]").await;
     let (_, dev) = s.get(&path).await;
     let changed_at = dev["desired"]["updated_at"].as_str().unwrap().to_string();
     let t = w
@@ -233,7 +215,7 @@ async fn a_stale_save_shows_who_changed_the_config_and_overwrite_wins() {
         .await;
 
     // Reload: their config in the editor, their version to match.
-    click(&w, "#conflict-reload").await;
+    w.click("#conflict-reload").await;
     w.wait_text("#config-form output", |t| t.contains("Reloaded version 3"))
         .await;
     let text = w
@@ -249,7 +231,7 @@ async fn a_stale_save_shows_who_changed_the_config_and_overwrite_wins() {
     w.wait_text("#config-version", |t| t == "3").await;
     // Saved over what was reloaded: no conflict.
     type_config(&w, &json!({"closed": false, "timer": 45})).await;
-    click(&w, "#config-form button[type=submit]").await;
+    w.click("#config-form button[type=submit]").await;
     w.wait_text("#config-form output", |t| t.starts_with("Saved"))
         .await;
     w.wait_text("#config-version", |t| t == "4").await;
@@ -257,13 +239,13 @@ async fn a_stale_save_shows_who_changed_the_config_and_overwrite_wins() {
     // They change it again; this save conflicts; overwrite wins.
     theirs(json!({"closed": true})).await;
     type_config(&w, &json!({"closed": false, "timer": 60})).await;
-    click(&w, "#config-form button[type=submit]").await;
+    w.click("#config-form button[type=submit]").await;
     w.wait_text("#config-form output", |t| {
         t.contains("version 5 was made by token:night-shift")
     })
     .await;
     w.wait_text("#conflict-version", |t| t == "5").await;
-    click(&w, "#conflict-overwrite").await;
+    w.click("#conflict-overwrite").await;
     w.wait_text("#config-form output", |t| t.starts_with("Saved"))
         .await;
     let (_, dev) = s.get(&path).await;
@@ -370,7 +352,7 @@ async fn a_viewer_sees_the_page_without_a_form() {
         )
         .await;
     assert_eq!(st, 200);
-    let password = account(&s, "vera", "viewer").await;
+    let password = add_user(&s, "vera", "viewer").await;
     let w = Browser::start(1280, 860).await;
     w.client
         .goto(&s.url(&format!("/login?next=/devices/lock/{LOCK}")))

@@ -71,21 +71,6 @@ async fn lamps_get(lamps: &mut [Prop], want: &Value) {
     }
 }
 
-/// Clicks the first element matching `css`, finding it again when a live swap replaced it
-/// between the find and the click.
-async fn click(b: &Browser, css: &str) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        match b.wait_css(css).await.click().await {
-            Ok(()) => return,
-            Err(e) if e.to_string().contains("stale") && tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(e) => panic!("clicking {css}: {e}"),
-        }
-    }
-}
-
 /// Waits for the browser's confirmation dialog (the click's handler opens it).
 async fn wait_alert(b: &Browser) -> String {
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -158,7 +143,7 @@ async fn a_level_button_pushes_the_level_to_the_lamps_and_the_panel_follows() {
     assert_eq!(fill, json!("rgb(198, 40, 40)"), "red is #c62828");
 
     // Red: no question; the lamps get red's config; the panel shows red.
-    click(&b, "button.level[data-level=red]").await;
+    b.click("button.level[data-level=red]").await;
     lamps_get(&mut lamps, &rgb_config("red")).await;
     b.wait_text("#game-level-now", |t| t == "red").await;
     b.wait_text("#game-counter-value", |t| t == "1000").await;
@@ -178,7 +163,7 @@ async fn a_level_button_pushes_the_level_to_the_lamps_and_the_panel_follows() {
         .send_keys("the crew calmed the reactor")
         .await
         .unwrap();
-    click(&b, "#counter-add button[type=submit]").await;
+    b.click("#counter-add button[type=submit]").await;
     b.wait_text("#game-counter-value", |t| t == "700").await;
     b.wait_text("#game-level-now", |t| t == "yellow").await;
     lamps_get(&mut lamps, &rgb_config("yellow")).await;
@@ -193,14 +178,14 @@ async fn a_level_button_pushes_the_level_to_the_lamps_and_the_panel_follows() {
     );
 
     // Black asks first. Declined: nothing is sent, the level stays.
-    click(&b, "button.level[data-level=black]").await;
+    b.click("button.level[data-level=black]").await;
     let q = wait_alert(&b).await;
     assert!(q.contains("black"), "{q}");
     b.client.dismiss_alert().await.unwrap();
     let (_, st) = s.get("/api/state").await;
     assert_eq!(st["level"], "yellow");
     // Accepted: the lamps go black, the panel shows it.
-    click(&b, "button.level[data-level=black]").await;
+    b.click("button.level[data-level=black]").await;
     wait_alert(&b).await;
     b.client.accept_alert().await.unwrap();
     lamps_get(&mut lamps, &rgb_config("black")).await;
@@ -209,7 +194,7 @@ async fn a_level_button_pushes_the_level_to_the_lamps_and_the_panel_follows() {
         .await;
 
     // A run started from the page; a timer started elsewhere appears, counting down.
-    click(&b, "#game-run button.primary").await;
+    b.click("#game-run button.primary").await;
     b.wait_text("#game-run-state", |t| t.contains("running"))
         .await;
     let (st, v) = s
@@ -235,7 +220,7 @@ async fn a_level_button_pushes_the_level_to_the_lamps_and_the_panel_follows() {
         .send_keys("3")
         .await
         .unwrap();
-    click(&b, "form.var-form button[type=submit]").await;
+    b.click("form.var-form button[type=submit]").await;
     b.wait_text("tr[data-var=reactor_hits] code", |t| t == "3")
         .await;
 
@@ -327,7 +312,7 @@ async fn the_overview_is_live_and_a_viewer_gets_no_buttons() {
     b.screenshot("overview-desktop").await;
 
     // A viewer: the same panels, no action.
-    click(&b, "nav form button[type=submit]").await;
+    b.click("nav form button[type=submit]").await;
     b.wait_css("form.login").await;
     b.log_in("vera", "vera-password-1").await;
     b.wait_text("#game-level-now", |t| t == "green").await;

@@ -5,7 +5,7 @@
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::browser::{Browser, first_password};
+use crate::browser::{Browser, add_user, first_password};
 use crate::common::{Server, TOKEN};
 
 const PRESET: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../presets/skaben.toml");
@@ -21,10 +21,6 @@ async fn set_value(b: &Browser, css: &str, value: &str) {
         .await
         .unwrap();
     assert_eq!(ok, json!(true), "no {css} on the page");
-}
-
-async fn click(b: &Browser, css: &str) {
-    b.wait_css(css).await.click().await.unwrap();
 }
 
 /// What a script on the page answers.
@@ -53,19 +49,6 @@ async fn put_rule(s: &Server, rule: Value) {
     assert_eq!(status, 200, "{v}");
 }
 
-async fn add_user(s: &Server, name: &str, role: &str) -> String {
-    let password = format!("{name}-password-123");
-    let (status, v) = s
-        .send(
-            Method::POST,
-            "/api/users",
-            Some(json!({"name": name, "password": password, "role": role})),
-        )
-        .await;
-    assert_eq!(status, 201, "{v}");
-    password
-}
-
 /// An admin imports the SKABEN preset through the page (a file), sees every rule listed, and
 /// each rule's last firing appear without a reload: ok, an action that failed, a chain stopped
 /// by the depth limit. On a rule's page a dry run of the prefilled sample shows the trace, an
@@ -87,7 +70,7 @@ async fn an_admin_imports_edits_and_dry_runs_rules() {
         .await
         .unwrap();
     eval(&b, "window.confirm = function () { return true; };").await;
-    click(&b, "#rules-import button[type=submit]").await;
+    b.click("#rules-import button[type=submit]").await;
     b.wait_text("#rules-import output", |t| t.contains("Imported: 13 rules"))
         .await;
     b.wait_text("#rule-rows", |t| {
@@ -106,7 +89,7 @@ async fn an_admin_imports_edits_and_dry_runs_rules() {
         "version = 1\n[[rules]]\nname = \"bad\"\nwhen = { state = \"level\" }\nthen = [{ set_level = \"purple\" }]\n",
     )
     .await;
-    click(&b, "#rules-import button[type=submit]").await;
+    b.click("#rules-import button[type=submit]").await;
     b.wait_text("#rules-import output", |t| {
         t.contains("rule \"bad\": then[0].set_level") && t.contains("purple")
     })
@@ -180,7 +163,7 @@ async fn an_admin_imports_edits_and_dry_runs_rules() {
     let event: Value = serde_json::from_str(event.as_str().unwrap()).unwrap();
     assert_eq!(event["kind"], "state_changed", "{event}");
     assert_eq!(event["to"], "blue", "{event}");
-    click(&b, "#dry-run button[type=submit]").await;
+    b.click("#dry-run button[type=submit]").await;
     b.wait_text("#dry-run-result .trace.own", |t| {
         t.contains("level-release") && t.contains("action failed: no board acon/9999")
     })
@@ -197,7 +180,7 @@ async fn an_admin_imports_edits_and_dry_runs_rules() {
     let sample = eval(&b, "return document.querySelector('#dry-run-event').value;").await;
     let sample: Value = serde_json::from_str(sample.as_str().unwrap()).unwrap();
     assert_eq!(sample["datahold"]["powerstate"], "aux", "{sample}");
-    click(&b, "#dry-run button[type=submit]").await;
+    b.click("#dry-run button[type=submit]").await;
     b.wait_text("#dry-run output", |t| t.contains("nothing was changed"))
         .await;
     b.wait_text("#dry-run-result .trace.own", |t| {
@@ -217,7 +200,7 @@ async fn an_admin_imports_edits_and_dry_runs_rules() {
 
     // An edit naming an unknown level: the API's 400, naming the field, in the form.
     set_value(&b, "#rule-then", "[{\"set_level\": \"purple\"}]").await;
-    click(&b, "#rule-editor button[type=submit]").await;
+    b.click("#rule-editor button[type=submit]").await;
     let msg = b
         .wait_text("#rule-editor output", |t| t.contains("then[0].set_level"))
         .await;
@@ -234,7 +217,7 @@ async fn an_admin_imports_edits_and_dry_runs_rules() {
     // A good edit is saved, and the definition shows it without a reload.
     set_value(&b, "#rule-then", "[{\"set_level\": \"green\"}]").await;
     set_value(&b, "#rule-description", "Edited in the console.").await;
-    click(&b, "#rule-editor button[type=submit]").await;
+    b.click("#rule-editor button[type=submit]").await;
     b.wait_text("#rule-editor output", |t| t.starts_with("Saved"))
         .await;
     b.wait_text("#rule-definition", |t| {
@@ -246,7 +229,7 @@ async fn an_admin_imports_edits_and_dry_runs_rules() {
 
     // Delete, confirmed: back to the list, without it.
     eval(&b, "window.confirm = function () { return true; };").await;
-    click(&b, "#rule-delete button[type=submit]").await;
+    b.click("#rule-delete button[type=submit]").await;
     b.wait_text("#rule-rows", |t| {
         !t.contains("shield-aux-at-blue") && t.contains("shield-pwr-at-cyan")
     })
@@ -295,7 +278,7 @@ async fn a_viewer_gets_no_forms_and_an_operator_only_the_dry_run() {
     )
     .await;
     assert_eq!(present, json!([false, false, true]));
-    click(&b, "#dry-run button[type=submit]").await;
+    b.click("#dry-run button[type=submit]").await;
     b.wait_text("#dry-run-result .trace.own", |t| t.contains("ok"))
         .await;
     b.client.goto(&s.url("/rules")).await.unwrap();
@@ -332,7 +315,7 @@ async fn the_rules_pages_fit_a_phone() {
         .goto(&s.url("/rules/shield-aux-at-blue"))
         .await
         .unwrap();
-    click(&b, "#dry-run button[type=submit]").await;
+    b.click("#dry-run button[type=submit]").await;
     b.wait_text("#dry-run-result .trace.own", |t| t.contains("ok"))
         .await;
     assert_eq!(
